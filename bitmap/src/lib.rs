@@ -1,0 +1,1 @@
+//! ringmirror-bitmap
