@@ -99,10 +99,9 @@ impl DmaBuf {
     /// The registered-buffer index, when this buffer is an arena chunk.
     pub(crate) fn fixed_index(&self) -> Option<(u64, u32)> {
         match &self.origin {
-            Origin::Arena { arena, chunk } => Some((
-                arena.id(),
-                crate::arena::registered_index(arena, *chunk),
-            )),
+            Origin::Arena { arena, chunk } => {
+                Some((arena.id(), crate::arena::registered_index(arena, *chunk)))
+            }
             Origin::Heap(_) => None,
         }
     }

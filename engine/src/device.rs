@@ -208,7 +208,11 @@ pub trait BlockDeviceExt: BlockDevice {
 
 impl<T: BlockDevice + ?Sized> BlockDeviceExt for T {}
 
-fn wait<T>(rx: crossbeam_channel::Receiver<IoResult<T>>, info: &DeviceInfo, op: OpKind) -> IoResult<T> {
+fn wait<T>(
+    rx: crossbeam_channel::Receiver<IoResult<T>>,
+    info: &DeviceInfo,
+    op: OpKind,
+) -> IoResult<T> {
     rx.recv().unwrap_or_else(|_| {
         Err(IoError::new(
             ErrorKind::Cancelled,

@@ -156,7 +156,9 @@ impl IoError {
 impl fmt::Display for IoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.op {
-            OpKind::Open | OpKind::Flush | OpKind::Resize => write!(f, "{} {}", self.op, self.path)?,
+            OpKind::Open | OpKind::Flush | OpKind::Resize => {
+                write!(f, "{} {}", self.op, self.path)?
+            }
             _ => write!(
                 f,
                 "{} {} at offset {} length {}",
