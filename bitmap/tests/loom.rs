@@ -39,7 +39,8 @@ fn dirty_set(b: &DirtyBitmap) -> BTreeSet<u64> {
 /// After the threads are done: `taken` (all runs returned, per taker) and the
 /// bits left must partition `expected`, and the structure must be consistent.
 fn check_outcome(b: &DirtyBitmap, taken: &[Vec<(u64, u64)>], expected: &[u64]) {
-    b.check_consistency().expect("summary or counter inconsistent");
+    b.check_consistency()
+        .expect("summary or counter inconsistent");
     let mut seen = BTreeSet::new();
     for runs in taken {
         for c in clusters_of(runs) {
@@ -47,7 +48,10 @@ fn check_outcome(b: &DirtyBitmap, taken: &[Vec<(u64, u64)>], expected: &[u64]) {
         }
     }
     let left = dirty_set(b);
-    assert!(seen.is_disjoint(&left), "taken {seen:?} but still dirty {left:?}");
+    assert!(
+        seen.is_disjoint(&left),
+        "taken {seen:?} but still dirty {left:?}"
+    );
     let all: BTreeSet<u64> = seen.union(&left).copied().collect();
     let expected: BTreeSet<u64> = expected.iter().copied().collect();
     assert_eq!(all, expected, "taken {seen:?} + left {left:?}");
@@ -69,7 +73,10 @@ fn mark_races_take_run_on_the_same_word() {
         let run = b.take_run(0, 64);
         marker.join().unwrap();
         let runs: Vec<_> = run.into_iter().collect();
-        assert!(runs.first().is_some_and(|r| r.0 == 0), "cluster 0 was dirty throughout");
+        assert!(
+            runs.first().is_some_and(|r| r.0 == 0),
+            "cluster 0 was dirty throughout"
+        );
         check_outcome(&b, &[runs], &[0, 1]);
     });
 }
@@ -199,7 +206,10 @@ fn count_covers_finished_marks_after_a_take_of_a_half_done_mark() {
         };
         let run = b.take_run(0, 1);
         if done.load(Ordering::Acquire) && b.is_dirty(5) {
-            assert!(b.dirty_clusters() >= 1, "finished mark of cluster 5 not counted");
+            assert!(
+                b.dirty_clusters() >= 1,
+                "finished mark of cluster 5 not counted"
+            );
         }
         half_done.join().unwrap();
         finished.join().unwrap();
