@@ -112,6 +112,10 @@ impl NbdDevice {
         let sock = stream.try_clone().map_err(setup)?;
         let mut hs = stream.try_clone().map_err(setup)?;
         let neg = handshake::negotiate(&mut hs, &uri.export).map_err(|e| {
+            // Soft disconnect where the server still listens to options.
+            let mut abort = Vec::new();
+            put_option(&mut abort, OPT_ABORT, &[]);
+            let _ = std::io::Write::write_all(&mut hs, &abort);
             hs.shutdown(Shutdown::Both);
             open_err(&text, e)
         })?;
