@@ -1,1 +1,369 @@
-fn main() {}
+//! Micro-benchmarks of the dirty bitmap (not tests: nothing here asserts on
+//! time). Run with `bench/bitmap.sh` or `cargo bench -p ringmirror-bitmap`.
+//! Prints Markdown tables; each figure is the median of `RUNS` runs, and
+//! each table carries a yardstick measured in the same run:
+//!
+//! * marks: a bare `fetch_or` per mark on a flat word array (the floor: no
+//!   summary, no counter) and a `Mutex<BitVec>` (the naive locked bitmap);
+//! * find-next: a linear scan of the cluster words (no summary levels).
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bitvec::prelude::{BitVec, Lsb0};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ringmirror_bitmap::DirtyBitmap;
+
+const RUNS: usize = 5;
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const TIB: u64 = 1 << 40;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Random 4 KiB-aligned offsets on a disk of `len` bytes, one list per thread.
+fn offsets(len: u64, per_thread: usize, threads: usize) -> Vec<Arc<Vec<u64>>> {
+    (0..threads)
+        .map(|t| {
+            let mut rng = StdRng::seed_from_u64(42 + t as u64);
+            Arc::new(
+                (0..per_thread)
+                    .map(|_| rng.gen_range(0..len / 4096) * 4096)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `work(thread index)` on `threads` threads started together and
+/// returns the wall time from the common start to the last finish.
+fn timed_threads(threads: usize, work: impl Fn(usize) + Send + Sync + 'static) -> Duration {
+    let work = Arc::new(work);
+    let start = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (work, start) = (work.clone(), start.clone());
+            thread::spawn(move || {
+                start.wait();
+                work(t);
+            })
+        })
+        .collect();
+    start.wait();
+    let t0 = Instant::now();
+    for h in handles {
+        h.join().unwrap();
+    }
+    t0.elapsed()
+}
+
+fn bench_marks() {
+    const PER_THREAD: usize = 4_000_000;
+    println!("### Marks: random 4 KiB writes, 1 TiB disk\n");
+    println!("| granularity | threads | ringmirror Mmarks/s | ns/mark/thread | bare fetch_or Mmarks/s | Mutex<BitVec> Mmarks/s | ringmirror / bare |");
+    println!("|---|---|---|---|---|---|---|");
+    for g in [64 * KIB, 4 * KIB] {
+        for threads in [1usize, 2] {
+            let offs = offsets(TIB, PER_THREAD, threads);
+            let marks = (PER_THREAD * threads) as f64;
+
+            let b = Arc::new(DirtyBitmap::new(TIB, g).unwrap());
+            let ours = median(
+                (0..RUNS)
+                    .map(|_| {
+                        b.clear_all();
+                        let (b, offs) = (b.clone(), offs.clone());
+                        let d = timed_threads(threads, move |t| {
+                            for &o in offs[t].iter() {
+                                b.mark(o, 4096).unwrap();
+                            }
+                        });
+                        marks / d.as_secs_f64() / 1e6
+                    })
+                    .collect(),
+            );
+
+            let words: Arc<Vec<AtomicU64>> = Arc::new(
+                (0..TIB.div_ceil(g).div_ceil(64))
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
+            );
+            let shift = g.trailing_zeros();
+            let bare = median(
+                (0..RUNS)
+                    .map(|_| {
+                        let (words, offs) = (words.clone(), offs.clone());
+                        let d = timed_threads(threads, move |t| {
+                            for &o in offs[t].iter() {
+                                let c = o >> shift;
+                                words[(c / 64) as usize].fetch_or(1 << (c % 64), Ordering::AcqRel);
+                            }
+                        });
+                        marks / d.as_secs_f64() / 1e6
+                    })
+                    .collect(),
+            );
+
+            let locked = Arc::new(Mutex::new(BitVec::<u64, Lsb0>::repeat(
+                false,
+                TIB.div_ceil(g) as usize,
+            )));
+            let naive = median(
+                (0..RUNS)
+                    .map(|_| {
+                        let (locked, offs) = (locked.clone(), offs.clone());
+                        let d = timed_threads(threads, move |t| {
+                            for &o in offs[t].iter() {
+                                locked.lock().unwrap().set((o >> shift) as usize, true);
+                            }
+                        });
+                        marks / d.as_secs_f64() / 1e6
+                    })
+                    .collect(),
+            );
+            println!(
+                "| {} KiB | {threads} | {ours:.1} | {:.1} | {bare:.1} | {naive:.1} | {:.2} |",
+                g / KIB,
+                1e3 / ours * threads as f64,
+                ours / bare
+            );
+        }
+    }
+    println!();
+}
+
+fn bench_take() {
+    println!("### Take: `take_run(cursor, 256)` sweeps, 1 TiB disk at 64 KiB (16 Mi clusters)\n");
+    println!("| dirty pattern | runs taken | Mruns/s | Mclusters/s | disk TiB handed out per s |");
+    println!("|---|---|---|---|---|");
+    let b = DirtyBitmap::new(TIB, 64 * KIB).unwrap();
+    let n = b.clusters();
+    type Fill = Box<dyn Fn(&DirtyBitmap)>;
+    let patterns: [(&str, Fill); 3] = [
+        (
+            "all dirty (full sync)",
+            Box::new(|b: &DirtyBitmap| b.set_all()),
+        ),
+        (
+            "every other cluster",
+            Box::new(move |b: &DirtyBitmap| {
+                for c in (0..n).step_by(2) {
+                    b.mark_clusters(c, 1).unwrap();
+                }
+            }),
+        ),
+        (
+            "1 in 4096 (sparse)",
+            Box::new(move |b: &DirtyBitmap| {
+                for c in (0..n).step_by(4096) {
+                    b.mark_clusters(c, 1).unwrap();
+                }
+            }),
+        ),
+    ];
+    for (name, fill) in patterns.iter() {
+        let mut runs = 0u64;
+        let mut clusters = 0u64;
+        let secs = median(
+            (0..RUNS)
+                .map(|_| {
+                    b.clear_all();
+                    fill(&b);
+                    let (mut r, mut c, mut cursor) = (0u64, 0u64, 0u64);
+                    let t0 = Instant::now();
+                    while let Some((first, count)) = b.take_run(cursor, 256) {
+                        cursor = first + count;
+                        r += 1;
+                        c += count;
+                    }
+                    let d = t0.elapsed().as_secs_f64();
+                    (runs, clusters) = (r, c);
+                    d
+                })
+                .collect(),
+        );
+        println!(
+            "| {name} | {runs} | {:.1} | {:.1} | {:.1} |",
+            runs as f64 / secs / 1e6,
+            clusters as f64 / secs / 1e6,
+            (clusters * 64 * KIB) as f64 / TIB as f64 / secs
+        );
+    }
+    println!();
+}
+
+fn bench_find() {
+    println!("### Find-next: 64 TiB disk at 64 KiB (2^30 clusters)\n");
+    let t0 = Instant::now();
+    let b = DirtyBitmap::new(64 * TIB, 64 * KIB).unwrap();
+    let build = t0.elapsed();
+    let n = b.clusters();
+    let mut rng = StdRng::seed_from_u64(1);
+    let starts: Vec<u64> = (0..1_000_000).map(|_| rng.gen_range(0..n)).collect();
+
+    let per_call = |b: &DirtyBitmap| {
+        median(
+            (0..RUNS)
+                .map(|_| {
+                    let t0 = Instant::now();
+                    for &s in &starts {
+                        black_box(b.next_dirty(black_box(s)));
+                    }
+                    t0.elapsed().as_secs_f64() * 1e9 / starts.len() as f64
+                })
+                .collect(),
+        )
+    };
+    let clean = per_call(&b);
+    let from_zero = median(
+        (0..RUNS)
+            .map(|_| {
+                let t0 = Instant::now();
+                for _ in 0..starts.len() {
+                    black_box(b.next_dirty(black_box(0)));
+                }
+                t0.elapsed().as_secs_f64() * 1e9 / starts.len() as f64
+            })
+            .collect(),
+    );
+    b.mark_clusters(n - 1, 1).unwrap();
+    let last_only = per_call(&b);
+    b.clear_all();
+    for c in (0..n).step_by(1 << 16) {
+        b.mark_clusters(c, 1).unwrap();
+    }
+    let sparse = per_call(&b);
+    b.clear_all();
+
+    // Yardstick: the same question answered by scanning the cluster words.
+    let words: Vec<AtomicU64> = (0..n / 64).map(|_| AtomicU64::new(0)).collect();
+    let linear_ms = median(
+        (0..RUNS)
+            .map(|_| {
+                let t0 = Instant::now();
+                let found = words.iter().position(|w| w.load(Ordering::Acquire) != 0);
+                black_box(found);
+                t0.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+    // ... and by one summary level only (one bit per word, 2^18 words).
+    let summary: Vec<AtomicU64> = (0..n / 64 / 64).map(|_| AtomicU64::new(0)).collect();
+    let one_level_us = median(
+        (0..RUNS)
+            .map(|_| {
+                let t0 = Instant::now();
+                let found = summary.iter().position(|w| w.load(Ordering::Acquire) != 0);
+                black_box(found);
+                t0.elapsed().as_secs_f64() * 1e6
+            })
+            .collect(),
+    );
+    println!("| what | time |");
+    println!("|---|---|");
+    println!(
+        "| `next_dirty(random)` on a clean bitmap (whole disk scanned), per call | {clean:.1} ns |"
+    );
+    println!("| `next_dirty(0)` on a clean bitmap, repeated (hot caches), per call | {from_zero:.1} ns |");
+    println!(
+        "| `next_dirty(random)` with only the last cluster dirty, per call | {last_only:.1} ns |"
+    );
+    println!("| `next_dirty(random)` with 1 in 65536 clusters dirty, per call | {sparse:.1} ns |");
+    println!("| yardstick: linear scan of the 2^24 cluster words | {linear_ms:.2} ms |");
+    println!(
+        "| yardstick: linear scan of a one-level summary (2^18 words) | {one_level_us:.1} us |"
+    );
+    println!(
+        "| building the clean 64 TiB bitmap ({} levels, {:.1} MiB) | {:.1} ms |",
+        b.levels(),
+        b.heap_bytes() as f64 / MIB as f64,
+        build.as_secs_f64() * 1e3
+    );
+    println!();
+}
+
+fn bench_counters() {
+    let b = DirtyBitmap::new(TIB, 64 * KIB).unwrap();
+    b.mark(0, 100 * MIB).unwrap();
+    let ns = median(
+        (0..RUNS)
+            .map(|_| {
+                let t0 = Instant::now();
+                for _ in 0..1_000_000 {
+                    black_box(black_box(&b).dirty_bytes());
+                }
+                t0.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+    println!("### Counting\n");
+    println!("| what | time |");
+    println!("|---|---|");
+    println!("| `dirty_bytes()` (16 counter stripes, uncontended), per call | {ns:.1} ns |");
+    println!();
+}
+
+fn memory() {
+    println!("### Memory per TiB of disk (all levels + counter)\n");
+    println!("| granularity | clusters per TiB | levels | heap bytes | MiB per TiB |");
+    println!("|---|---|---|---|---|");
+    for g in [512, 4 * KIB, 64 * KIB, MIB, 64 * MIB] {
+        let b = DirtyBitmap::new(TIB, g).unwrap();
+        println!(
+            "| {} | {} | {} | {} | {:.3} |",
+            if g >= MIB {
+                format!("{} MiB", g / MIB)
+            } else if g >= KIB {
+                format!("{} KiB", g / KIB)
+            } else {
+                format!("{g} B")
+            },
+            b.clusters(),
+            b.levels(),
+            b.heap_bytes(),
+            b.heap_bytes() as f64 / MIB as f64
+        );
+    }
+    println!();
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`. Without it this is `cargo test
+    // --all-targets` running the target as a test: it is built (so it does
+    // not rot) but the minutes of timing loops are skipped.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "bitmap benchmarks: run with `cargo bench -p ringmirror-bitmap` or bench/bitmap.sh"
+        );
+        return;
+    }
+    // A filter argument (mark, take, find, count, memory) picks one table.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let want = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    println!(
+        "ringmirror-bitmap micro-benchmarks: {} CPUs, median of {RUNS} runs\n",
+        thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if want("mark") {
+        bench_marks();
+    }
+    if want("take") {
+        bench_take();
+    }
+    if want("find") {
+        bench_find();
+    }
+    if want("count") {
+        bench_counters();
+    }
+    if want("memory") {
+        memory();
+    }
+}

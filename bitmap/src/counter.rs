@@ -1,7 +1,7 @@
 //! The dirty-cluster counter behind [`DirtyBitmap::dirty_clusters`]: a few
-//! cache-line-padded stripes, so writer threads marking different parts of
-//! the disk do not all bounce one cache line, summed on read (O(1): the number
-//! of stripes is a constant).
+//! cache-line-padded stripes, one per thread (round-robin), so writer threads
+//! do not all bounce one cache line, summed on read (O(1): the number of
+//! stripes is a constant).
 //!
 //! Each stripe holds a wrapping `u64`; only the sum means anything, and any
 //! stripe may be "negative" because a cluster is often added on one stripe and
@@ -23,13 +23,33 @@
 
 use crate::sync::{AtomicU64, Ordering};
 
-/// Stripes in a normal build. A power of two well above the number of writer
-/// threads that hit the same bitmap in practice; 16 x 128 B = 2 KiB.
+/// Stripes in a normal build: threads beyond 16 share stripes (still correct,
+/// just contended); 16 x 128 B = 2 KiB.
 #[cfg(not(loom))]
 const STRIPES: usize = 16;
 /// Fewer stripes under loom: each one is a modelled object.
 #[cfg(loom)]
 const STRIPES: usize = 2;
+
+/// This thread's stripe index, handed out round-robin on first use.
+#[cfg(not(loom))]
+fn thread_stripe() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    MINE.try_with(|mine| {
+        if mine.get() == usize::MAX {
+            mine.set(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STRIPES);
+        }
+        mine.get()
+    })
+    // During thread-local destruction: any stripe will do.
+    .unwrap_or(0)
+}
 
 /// One counter stripe on its own pair of cache lines (adjacent-line
 /// prefetch makes 128 B the unit of false sharing on x86).
@@ -47,9 +67,21 @@ impl DirtyCounter {
         }
     }
 
+    /// The stripe this thread counts on. Any choice is correct (only the sum
+    /// matters); one stripe per thread keeps each thread's counter line in
+    /// its own cache, where striping by disk position would make two threads
+    /// writing all over the disk trade every stripe's line back and forth.
+    /// Under loom, where a process-wide counter would make runs
+    /// nondeterministic, the stripe comes from `hint` (a word index).
     fn stripe(&self, hint: u64) -> &AtomicU64 {
-        // `hint` is a word index: neighbouring words land on different stripes.
-        &self.stripes[(hint % STRIPES as u64) as usize].0
+        #[cfg(not(loom))]
+        let i = {
+            let _ = hint;
+            thread_stripe()
+        };
+        #[cfg(loom)]
+        let i = (hint % STRIPES as u64) as usize;
+        &self.stripes[i].0
     }
 
     /// Adds `n` clusters. Relaxed: see the module docs.
