@@ -10,10 +10,26 @@ use crate::error::BitmapError;
 use crate::summary::Hierarchy;
 
 /// Smallest granularity accepted: 512 bytes, one sector.
+///
+/// ```
+/// use ringmirror_bitmap::{DirtyBitmap, MIN_GRANULARITY};
+/// assert!(DirtyBitmap::new(1 << 20, MIN_GRANULARITY / 2).is_err());
+/// ```
 pub const MIN_GRANULARITY: u64 = 512;
 /// Largest granularity accepted: 64 MiB.
+///
+/// ```
+/// use ringmirror_bitmap::{DirtyBitmap, MAX_GRANULARITY};
+/// assert_eq!(DirtyBitmap::new(1 << 40, MAX_GRANULARITY).unwrap().clusters(), 16384);
+/// ```
 pub const MAX_GRANULARITY: u64 = 64 << 20;
 /// The granularity the mirror job uses when none is given: 64 KiB.
+///
+/// ```
+/// use ringmirror_bitmap::{DirtyBitmap, DEFAULT_GRANULARITY};
+/// let bitmap = DirtyBitmap::new(1 << 30, DEFAULT_GRANULARITY).unwrap();
+/// assert_eq!(bitmap.clusters(), 16384);
+/// ```
 pub const DEFAULT_GRANULARITY: u64 = 64 << 10;
 
 /// A lock-free dirty bitmap: one bit per `granularity`-byte cluster of a
@@ -64,6 +80,8 @@ impl DirtyBitmap {
     /// bit. `len` need not be a multiple of the granularity (the last
     /// cluster is partial); `len == 0` gives an empty bitmap.
     ///
+    /// **Ordering:** none needed: the new bitmap is not shared yet.
+    ///
     /// Fails if the granularity is not a power of two in
     /// [`MIN_GRANULARITY`]`..=`[`MAX_GRANULARITY`], or if the bits cannot be
     /// allocated (about 2 MiB per TiB at 64 KiB).
@@ -100,6 +118,8 @@ impl DirtyBitmap {
     /// hold exactly [`clusters`](Self::clusters) bits (the inverse of
     /// [`to_bitvec`](Self::to_bitvec)).
     ///
+    /// **Ordering:** none needed: the new bitmap is not shared yet.
+    ///
     /// ```
     /// use bitvec::prelude::*;
     /// use ringmirror_bitmap::DirtyBitmap;
@@ -134,36 +154,64 @@ impl DirtyBitmap {
         Ok(bitmap)
     }
 
-    /// Length of the disk in bytes.
+    /// Length of the disk in bytes. **Ordering:** none (fixed at creation).
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// let bitmap = DirtyBitmap::new(1000, 512)?;
+    /// assert_eq!((bitmap.len(), bitmap.granularity(), bitmap.clusters()), (1000, 512, 2));
+    /// assert!(!bitmap.is_empty());
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn len(&self) -> u64 {
         self.len
     }
 
     /// Whether the disk has length 0 (so the bitmap has no clusters). For
     /// "nothing is dirty", see [`is_clean`](Self::is_clean).
+    /// **Ordering:** none (fixed at creation).
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// assert!(DirtyBitmap::new(0, 65536)?.is_empty());
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// Bytes per cluster (a power of two).
+    /// Bytes per cluster (a power of two). **Ordering:** none (fixed at
+    /// creation). Example: [`len`](Self::len).
     pub fn granularity(&self) -> u64 {
         self.granularity
     }
 
     /// Number of clusters, `ceil(len / granularity)`; the last one may be
-    /// partial.
+    /// partial. **Ordering:** none (fixed at creation). Example:
+    /// [`len`](Self::len).
     pub fn clusters(&self) -> u64 {
         self.clusters
     }
 
     /// The cluster that holds byte `offset` (not range-checked).
+    /// **Ordering:** none (arithmetic only).
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// let bitmap = DirtyBitmap::new(1 << 20, 4096)?;
+    /// assert_eq!(bitmap.cluster_of(8191), 1);
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn cluster_of(&self, offset: u64) -> u64 {
         offset >> self.shift
     }
 
     /// The bytes covered by clusters `first .. first + count` as
     /// `(offset, len)`, clipped to the end of the disk: what a copy of that
-    /// run must read and write.
+    /// run must read and write. **Ordering:** none (arithmetic only).
     ///
     /// ```
     /// use ringmirror_bitmap::DirtyBitmap;
@@ -183,11 +231,29 @@ impl DirtyBitmap {
     /// Number of bit levels: the cluster bits plus the summary levels above
     /// them (1 for up to 64 clusters, 5 for 2^30 clusters). A search for the
     /// next dirty cluster touches about one word per level.
+    /// **Ordering:** none (fixed at creation).
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// // 64 TiB at 64 KiB: 2^30 clusters, 2^24 words, then 2^18, 2^12, 2^6, 1.
+    /// assert_eq!(DirtyBitmap::new(64 << 40, 65536)?.levels(), 5);
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn levels(&self) -> usize {
         self.bits.depth()
     }
 
     /// Heap memory the bitmap uses, in bytes (all levels plus the counter).
+    /// **Ordering:** none (fixed at creation).
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// let one_tib = DirtyBitmap::new(1 << 40, 65536)?;
+    /// assert!(one_tib.heap_bytes() < 2_200_000); // about 2 MiB per TiB
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn heap_bytes(&self) -> usize {
         self.bits.heap_bytes() + self.dirty.heap_bytes()
     }
@@ -292,12 +358,31 @@ impl DirtyBitmap {
     ///
     /// **Ordering:** `Acquire` load: if it returns `true`, the writes made
     /// before the mark that set the bit are visible to the caller.
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// let bitmap = DirtyBitmap::new(1 << 20, 65536)?;
+    /// bitmap.mark(65536, 1)?;
+    /// assert!(bitmap.is_dirty(1) && !bitmap.is_dirty(0) && !bitmap.is_dirty(99));
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn is_dirty(&self, cluster: u64) -> bool {
         cluster < self.clusters && self.bits.load_word(cluster / 64) & (1 << (cluster % 64)) != 0
     }
 
     /// Whether no cluster is dirty: one load on a clean bitmap.
-    /// Same guarantees as [`next_dirty`](Self::next_dirty).
+    /// Same guarantees and **ordering** as [`next_dirty`](Self::next_dirty).
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// let bitmap = DirtyBitmap::new(64 << 40, 65536)?;
+    /// assert!(bitmap.is_clean());
+    /// bitmap.mark((64 << 40) - 1, 1)?;
+    /// assert!(!bitmap.is_clean());
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn is_clean(&self) -> bool {
         self.bits.find_from(0).is_none()
     }
@@ -342,6 +427,16 @@ impl DirtyBitmap {
     /// `max == 0` gives `None`.
     ///
     /// **Ordering:** `Acquire` loads, as [`next_dirty`](Self::next_dirty).
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// let bitmap = DirtyBitmap::new(1 << 20, 4096)?;
+    /// bitmap.mark_clusters(5, 10)?;
+    /// assert_eq!(bitmap.dirty_run(0, 4), Some((5, 4)));
+    /// assert_eq!(bitmap.dirty_clusters(), 10); // nothing was taken
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn dirty_run(&self, from: u64, max: u64) -> Option<(u64, u64)> {
         if max == 0 {
             return None;
@@ -384,6 +479,16 @@ impl DirtyBitmap {
     /// **Ordering:** `Relaxed` loads of the counter stripes; the guarantee
     /// above comes from the markers counting before setting and takers
     /// uncounting after clearing, ordered by the word RMWs.
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// let bitmap = DirtyBitmap::new(1 << 30, 65536)?;
+    /// bitmap.mark(0, 200_000)?; // clusters 0..=3
+    /// bitmap.mark(0, 1)?;       // already dirty: not counted twice
+    /// assert_eq!(bitmap.dirty_clusters(), 4);
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn dirty_clusters(&self) -> u64 {
         self.dirty.sum(self.clusters)
     }
@@ -419,6 +524,15 @@ impl DirtyBitmap {
 
     /// Marks every cluster dirty (the start of a full sync).
     /// **Ordering:** as [`mark`](Self::mark).
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// let bitmap = DirtyBitmap::new(10 * 65536 + 1, 65536)?;
+    /// bitmap.set_all();
+    /// assert_eq!((bitmap.dirty_clusters(), bitmap.dirty_bytes()), (11, bitmap.len()));
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn set_all(&self) {
         if self.clusters > 0 {
             self.mark_unchecked(0, self.clusters);
@@ -465,6 +579,17 @@ impl DirtyBitmap {
     /// **Ordering:** one `Acquire` load per word: each word is read
     /// atomically, but the whole is a snapshot only if the bitmap is
     /// quiescent.
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// let bitmap = DirtyBitmap::new(100 * 512, 512)?;
+    /// bitmap.mark_clusters(98, 2)?;
+    /// let bits = bitmap.to_bitvec();
+    /// assert_eq!(bits.len(), 100);
+    /// assert_eq!(bits.iter_ones().collect::<Vec<_>>(), vec![98, 99]);
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn to_bitvec(&self) -> BitVec<u64, Lsb0> {
         let words = (0..self.bits.words())
             .map(|w| self.bits.load_word(w))
@@ -478,6 +603,7 @@ impl DirtyBitmap {
     /// bit set, no bit lies past the last cluster, and the counter equals the
     /// number of set bits. O(size of the bitmap); meaningful only when no
     /// mark or take is in flight. For tests and debugging.
+    /// **Ordering:** `Acquire` loads, one word at a time.
     ///
     /// ```
     /// use ringmirror_bitmap::DirtyBitmap;

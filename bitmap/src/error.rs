@@ -113,6 +113,23 @@ pub enum BitmapError {
 }
 
 /// Why a saved bitmap file was rejected (see [`BitmapError::Corrupt`]).
+///
+/// ```
+/// use ringmirror_bitmap::{BitmapError, CorruptReason, DirtyBitmap};
+///
+/// let path = std::env::temp_dir().join(format!("doc-corrupt-{}.bitmap", std::process::id()));
+/// DirtyBitmap::new(1 << 20, 65536)?.save(&path, true)?;
+/// let file = std::fs::read(&path)?;
+/// std::fs::write(&path, &file[..file.len() - 1])?; // lose the last byte
+/// match DirtyBitmap::load(&path) {
+///     Err(BitmapError::Corrupt { reason: CorruptReason::Truncated { expected, found }, .. }) => {
+///         assert_eq!((expected, found), (8, 7));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CorruptReason {

@@ -38,7 +38,17 @@ use crate::bitmap::DirtyBitmap;
 use crate::crc::{crc32c, Crc32c};
 use crate::error::{BitmapError, CorruptReason};
 
-/// The version of the file format this build writes and reads.
+/// The version of the file format this build writes and reads (bytes 8..12
+/// of a saved file, little-endian).
+///
+/// ```
+/// let path = std::env::temp_dir().join(format!("doc-version-{}.bitmap", std::process::id()));
+/// ringmirror_bitmap::DirtyBitmap::new(4096, 512)?.save(&path, true)?;
+/// let file = std::fs::read(&path)?;
+/// assert_eq!(file[8..12], ringmirror_bitmap::FORMAT_VERSION.to_le_bytes());
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const FORMAT_VERSION: u32 = 1;
 
 const MAGIC: [u8; 8] = *b"RMDIRTY\0";
@@ -47,6 +57,17 @@ const FLAG_CLEAN: u32 = 1;
 const HEADER_CRC_AT: usize = 52;
 
 /// A bitmap read back by [`DirtyBitmap::load`].
+///
+/// ```
+/// use ringmirror_bitmap::{DirtyBitmap, Loaded};
+///
+/// let path = std::env::temp_dir().join(format!("doc-loaded-{}.bitmap", std::process::id()));
+/// DirtyBitmap::new(1 << 20, 65536)?.save(&path, true)?;
+/// let Loaded { bitmap, consistent } = DirtyBitmap::load(&path)?;
+/// assert!(consistent && bitmap.is_clean());
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+/// ```
 #[derive(Debug)]
 pub struct Loaded {
     /// The bits as saved.
@@ -167,6 +188,9 @@ impl DirtyBitmap {
     /// magic, unsupported version, checksum mismatch, truncated, ...) is
     /// refused with [`BitmapError::Corrupt`] naming the reason; a file that
     /// was not saved cleanly loads with [`Loaded::consistent`] `false`.
+    ///
+    /// **Ordering:** none needed: the bitmap is built privately and only
+    /// shared once returned.
     ///
     /// ```
     /// use ringmirror_bitmap::{BitmapError, CorruptReason, DirtyBitmap};

@@ -114,6 +114,16 @@ impl DirtyBitmap {
     /// **Ordering:** one `AcqRel` `fetch_and` per word, as
     /// [`take_range`](Self::take_range): a concurrent mark is either counted
     /// here and cleared, or stays dirty.
+    ///
+    /// ```
+    /// use ringmirror_bitmap::DirtyBitmap;
+    ///
+    /// let bitmap = DirtyBitmap::new(1 << 30, 65536)?;
+    /// bitmap.mark(0, 1 << 20)?;
+    /// assert_eq!(bitmap.clear_all(), 16);
+    /// assert!(bitmap.is_clean());
+    /// # Ok::<(), ringmirror_bitmap::BitmapError>(())
+    /// ```
     pub fn clear_all(&self) -> u64 {
         let mut cleared = 0;
         if self.clusters() > 0 {
