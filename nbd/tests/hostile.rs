@@ -474,3 +474,69 @@ fn own_client_over_tcp_and_export_removal() {
         Err(NbdError::Stopped)
     ));
 }
+
+#[test]
+fn tight_bounds_still_serve_a_deep_pipeline() {
+    // Two requests / 16 KiB in flight: the reader must stall and resume as
+    // replies drain, never deadlock, never lose a reply.
+    let dir = ScratchDir::new("nbdh-tight");
+    let file = dir.join("disk.img");
+    sparse_file(&file, 4 * MIB);
+    let server = NbdServer::new(ServerConfig {
+        max_requests_in_flight: 2,
+        max_bytes_in_flight: 16 << 10,
+        ..ServerConfig::default()
+    });
+    server.add_export("t", uring_dev(&file), true, "").unwrap();
+    let sock = dir.join("s.sock");
+    server.listen_unix(&sock).unwrap();
+    let mut r = Raw::go(&sock, "t");
+    let mut w = r.s.try_clone().unwrap();
+    let n = 2000u64;
+    let sender = std::thread::spawn(move || {
+        for i in 0..n {
+            let len = if i % 3 == 0 { 65536 } else { 4096 }; // some exceed the byte budget alone
+            w.write_all(&encode_request(0, CMD_WRITE, i, i * 512, len))
+                .unwrap();
+            w.write_all(&vec![(i % 200) as u8 + 1; len as usize])
+                .unwrap();
+        }
+    });
+    for _ in 0..n {
+        assert_eq!(r.response().1, 0);
+    }
+    sender.join().unwrap();
+    // Requests larger than the per-connection cap: a 32 MiB read runs alone.
+    r.request(0, CMD_READ, 9, 0, 4 << 20);
+    let (c, e, d) = r.response();
+    assert_eq!((c, e, d.len()), (9, 0, 4 << 20));
+    server.stop();
+}
+
+#[test]
+fn own_client_splits_requests_over_the_maximum_payload() {
+    let dir = ScratchDir::new("nbdh-split");
+    let file = dir.join("disk.img");
+    sparse_file(&file, 48 * MIB);
+    let served = Served::new(&dir, &file, "big");
+    let c = NbdDevice::connect(&served.uri()).unwrap();
+    assert_eq!(c.block_sizes(), (1, 4096, 32 << 20));
+    // 36 MiB of distinct 1 MiB blocks (cheap to build in a debug build).
+    let block = random_bytes(77, MIB as usize);
+    let mut data = Vec::with_capacity(36 * MIB as usize + 12345);
+    for i in 0..36u8 {
+        data.extend_from_slice(&block);
+        let n = data.len();
+        data[n - MIB as usize] = i;
+    }
+    data.extend_from_slice(&block[..12345]);
+    c.write_at(MIB + 3, &data, true).unwrap();
+    let back = c.read_at(MIB + 3, data.len()).unwrap();
+    assert!(back[..] == data[..], "split read/write round trip");
+    c.write_zeroes_sync(2 * MIB, 40 * MIB, false).unwrap();
+    assert!(ringmirror_engine::is_zero(
+        &c.read_at(2 * MIB, (40 * MIB) as usize).unwrap()
+    ));
+    let file_data = std::fs::read(&file).unwrap();
+    assert!(file_data[(MIB + 3) as usize..(2 * MIB) as usize] == data[..(MIB - 3) as usize]);
+}
