@@ -46,5 +46,6 @@ pub use engine::{Engine, EngineConfig, EngineStatus, UringExec, UringFile};
 pub use error::{ErrorKind, IoError, IoResult, OpKind};
 pub use file::{Executor, FileDevice, OpenOptions};
 pub use open::{DeviceOpener, DISABLE_URING_ENV};
+pub use rangelock::{RangeGuard, RangeLock};
 pub use rate::RateLimiter;
 pub use sync_exec::{SyncExec, SyncFile};

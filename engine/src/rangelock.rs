@@ -38,14 +38,15 @@ fn conflicts(a: &Held, lo: u64, hi: u64, exclusive: bool) -> bool {
     a.lo < hi && lo < a.hi && (a.exclusive || exclusive)
 }
 
-/// See the module docs.
+/// An asynchronous range lock; see the module docs. Used by the file
+/// devices for read-modify-write, and by the mirror for its cluster locks.
 #[derive(Default)]
-pub(crate) struct RangeLock {
+pub struct RangeLock {
     state: Mutex<State>,
 }
 
-/// Holds a range until dropped.
-pub(crate) struct RangeGuard {
+/// Holds a range until dropped; dropping it grants waiters on this thread.
+pub struct RangeGuard {
     lock: Arc<RangeLock>,
     id: u64,
 }
@@ -54,7 +55,7 @@ impl RangeLock {
     /// Run `then` with a guard on `[lo, hi)` as soon as no conflicting holder
     /// or earlier conflicting waiter remains (possibly right now, on this
     /// thread; otherwise on the thread that releases the last conflict).
-    pub(crate) fn acquire(
+    pub fn acquire(
         self: &Arc<Self>,
         lo: u64,
         hi: u64,
@@ -88,6 +89,38 @@ impl RangeLock {
             lock: self.clone(),
             id,
         });
+    }
+
+    /// Take `[lo, hi)` now if nothing conflicts (holders or earlier waiters),
+    /// else return `None` without queueing.
+    pub fn try_acquire(self: &Arc<Self>, lo: u64, hi: u64, exclusive: bool) -> Option<RangeGuard> {
+        let mut st = self.state.lock();
+        let blocked = st.held.iter().any(|h| conflicts(h, lo, hi, exclusive))
+            || st
+                .waiting
+                .iter()
+                .any(|w| conflicts(&w.held, lo, hi, exclusive));
+        if blocked {
+            return None;
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.held.push(Held {
+            id,
+            lo,
+            hi,
+            exclusive,
+        });
+        Some(RangeGuard {
+            lock: self.clone(),
+            id,
+        })
+    }
+
+    /// True when nothing is held or waiting.
+    pub fn is_idle(&self) -> bool {
+        let st = self.state.lock();
+        st.held.is_empty() && st.waiting.is_empty()
     }
 
     fn release(self: &Arc<Self>, id: u64) {

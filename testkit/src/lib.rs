@@ -5,6 +5,7 @@
 //! - [`require_tool`]: find an external program or fail the test loudly with
 //!   the command that installs it (tests never skip silently).
 //! - [`random_bytes`], [`write_file`], [`assert_files_equal`].
+//! - [`FaultDevice`]: seeded failures and latency around any device.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,6 +16,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::{Rng, SeedableRng};
+
+mod fault;
+pub use fault::{FaultDevice, FaultOp};
 
 /// A scratch directory on a real disk, removed when dropped.
 pub struct ScratchDir {

@@ -1,0 +1,897 @@
+//! The job's scheduler: one thread per job that owns the job's state
+//! machine and reacts to messages (verbs, I/O completions, "guest I/O
+//! drained"); the I/O itself runs on the engine's reactors.
+//!
+//! ```text
+//!   dirty bitmap ──dirty_run──> try cluster lock ──take──> extents
+//!        ^                                                  │
+//!        │ re-mark on error                 hole/zero ──> write-zeroes ─┐
+//!        │                                  data ──> read src ─> write tgt
+//!        └──────────── guest writes (Disk/JobLink)          completion ─┘
+//! ```
+//!
+//! Invariants:
+//! - a cluster's bit is taken only while this job holds the cluster lock of
+//!   its span, and the lock is held until the copy's last request completes;
+//!   so two copies of a cluster (or a copy and a write-blocking guest write)
+//!   never reach the target out of order;
+//! - the source is read only after the bit was taken, so a guest write that
+//!   completes after the read marks the cluster again;
+//! - READY, completion and soft cancel require an empty bitmap and no copy
+//!   in flight, followed by a successful target flush.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use ringmirror_engine::{
+    is_zero, BlockDevice, DmaBuf, ErrorKind, ExtentKind, IoError, IoResult, RangeGuard, RateLimiter,
+};
+
+use crate::disk::Disk;
+use crate::events::{ErrorAction, IoOperation, JobEvent, Progress};
+use crate::job::{JobError, JobShared};
+use crate::link::JobLink;
+use crate::options::{CopyMode, ErrorPolicy};
+use crate::state::{JobStatus, Verb};
+
+/// Commands from the handle.
+pub(crate) enum Cmd {
+    Verb(Verb),
+    SetSpeed(u64),
+    ChangeMode(CopyMode),
+    Cancel { force: bool },
+}
+
+/// Everything the coordinator reacts to.
+pub(crate) enum Msg {
+    Cmd(Cmd, Sender<Result<(), JobError>>),
+    Io {
+        id: u64,
+        stage: Stage,
+        res: IoResult<()>,
+        buf: Option<DmaBuf>,
+    },
+    Flushed(IoResult<()>),
+    Drained,
+    ActiveTargetError(IoError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Read,
+    Write,
+    Zero,
+}
+
+struct Copy {
+    off: u64,
+    len: u64,
+    _guard: Arc<RangeGuard>,
+}
+
+/// Where the job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Copying dirty clusters (phases 1 and 2).
+    Run,
+    /// Guest I/O gate closed, waiting for requests in flight to finish.
+    Quiescing,
+    /// Gate closed: copying the last dirty clusters.
+    Draining,
+    /// Gate closed, bitmap clean: flushing the target before finishing.
+    FinalFlush,
+    /// Stopping: waiting for copies in flight.
+    Aborting,
+    /// Done; waiting for dismiss (or gone).
+    Ended,
+}
+
+/// What the job is finishing towards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Finish {
+    /// complete: switch the disk to the target.
+    Complete,
+    /// soft cancel in READY: stop in sync without switching.
+    SoftCancel,
+}
+
+const TICK: Duration = Duration::from_millis(250);
+
+pub(crate) struct Coordinator {
+    sh: Arc<JobShared>,
+    disk: Arc<Disk>,
+    source: Arc<dyn BlockDevice>,
+    target: Arc<dyn BlockDevice>,
+    link: Arc<JobLink>,
+    rx: Receiver<Msg>,
+    phase: Phase,
+    status: JobStatus,
+    ready: bool,
+    user_paused: bool,
+    error_paused: bool,
+    io_status: &'static str,
+    error: Option<String>,
+    cancelled: bool,
+    finish: Option<Finish>,
+    /// Complete asked with auto-finalize off: we are (or will be) pending.
+    awaiting_finalize: bool,
+    finalized: bool,
+    limiter: RateLimiter,
+    cursor: u64,
+    copies: HashMap<u64, Copy>,
+    next_id: u64,
+    bytes_in_flight: u64,
+    flushing: bool,
+    retry_after: Option<Instant>,
+    chunk_clusters: u64,
+    last_rate: (Instant, u64, u64),
+}
+
+fn strerror(e: &IoError) -> String {
+    match e.errno {
+        Some(n) => {
+            let s = std::io::Error::from_raw_os_error(n).to_string();
+            match s.find(" (os error") {
+                Some(i) => s[..i].to_string(),
+                None => s,
+            }
+        }
+        None => e.to_string(),
+    }
+}
+
+impl Coordinator {
+    pub(crate) fn new(
+        sh: Arc<JobShared>,
+        disk: Arc<Disk>,
+        source: Arc<dyn BlockDevice>,
+        target: Arc<dyn BlockDevice>,
+        link: Arc<JobLink>,
+        rx: Receiver<Msg>,
+    ) -> Coordinator {
+        let opts = &sh.opts;
+        let g = opts.granularity;
+        // QEMU's chunking: up to buf-size/16 per request, at least a cluster.
+        let mut chunk = (opts.buf_size / 16).clamp(g, 64 << 20);
+        if opts.speed > 0 {
+            chunk = chunk.min((opts.speed / 10).max(g));
+        }
+        Coordinator {
+            limiter: RateLimiter::new(opts.speed, Duration::from_millis(10)),
+            chunk_clusters: (chunk / g).max(1),
+            sh,
+            disk,
+            source,
+            target,
+            link,
+            rx,
+            phase: Phase::Run,
+            status: JobStatus::Created,
+            ready: false,
+            user_paused: false,
+            error_paused: false,
+            io_status: "ok",
+            error: None,
+            cancelled: false,
+            finish: None,
+            awaiting_finalize: false,
+            finalized: false,
+            cursor: 0,
+            copies: HashMap::new(),
+            next_id: 0,
+            bytes_in_flight: 0,
+            flushing: false,
+            retry_after: None,
+            last_rate: (Instant::now(), 0, 0),
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        let (len, offset) = self.sh.progress_len();
+        Progress {
+            len,
+            offset,
+            speed: self.limiter.rate(),
+        }
+    }
+
+    fn set_status(&mut self, to: JobStatus) {
+        if self.status == to {
+            return;
+        }
+        debug_assert!(self.status.can_go_to(to), "{} -> {}", self.status, to);
+        self.status = to;
+        self.publish();
+        self.sh.emit(JobEvent::StatusChange {
+            id: self.sh.id.clone(),
+            status: to,
+        });
+    }
+
+    fn paused(&self) -> bool {
+        self.user_paused || self.error_paused
+    }
+
+    fn publish(&self) {
+        let mut s = self.sh.snapshot.lock();
+        s.status = self.status;
+        s.ready = self.ready;
+        s.paused = self.paused();
+        s.busy = !self.copies.is_empty() || (!self.paused() && !self.status.is_finished());
+        s.io_status = self.io_status;
+        s.error = self.error.clone();
+        s.speed = self.limiter.rate();
+        s.copy_mode = if self.link.is_write_blocking() {
+            CopyMode::WriteBlocking
+        } else {
+            CopyMode::Background
+        };
+        s.actively_synced = self.link.is_write_blocking()
+            && self.ready
+            && self.copies.is_empty()
+            && self.sh.bitmap.is_clean();
+        drop(s);
+        self.sh.changed.notify_all();
+    }
+
+    pub(crate) fn run(mut self) {
+        self.set_status(JobStatus::Running);
+        loop {
+            self.pump();
+            if self.status == JobStatus::Null {
+                break;
+            }
+            let timeout = self.next_timeout();
+            match self.rx.recv_timeout(timeout) {
+                Ok(m) => self.handle(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                self.handle(m);
+            }
+            self.update_rates();
+            self.publish();
+        }
+        self.sh.coordinator_alive.store(false, Ordering::Release);
+        // Answer anything still queued so no caller waits forever.
+        while let Ok(m) = self.rx.try_recv() {
+            if let Msg::Cmd(_, reply) = m {
+                let _ = reply.send(Err(JobError::Gone(self.sh.id.clone())));
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Duration {
+        let mut t = TICK;
+        if let Some(at) = self.retry_after {
+            t = t.min(at.saturating_duration_since(Instant::now()));
+        }
+        t.max(Duration::from_millis(1))
+    }
+
+    fn update_rates(&mut self) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last_rate.0).as_secs_f64();
+        if dt < 1.0 {
+            return;
+        }
+        let dirtied = self.link.guest_dirtied.load(Ordering::Relaxed);
+        let done = self.sh.done_bytes.load(Ordering::Relaxed);
+        let ewma = |old: u64, new: f64| (old as f64 * 0.5 + new * 0.5) as u64;
+        let dr = (dirtied - self.last_rate.1) as f64 / dt;
+        let cr = done.saturating_sub(self.last_rate.2) as f64 / dt;
+        self.sh.dirty_rate.store(
+            ewma(self.sh.dirty_rate.load(Ordering::Relaxed), dr),
+            Ordering::Relaxed,
+        );
+        self.sh.copy_rate.store(
+            ewma(self.sh.copy_rate.load(Ordering::Relaxed), cr),
+            Ordering::Relaxed,
+        );
+        self.last_rate = (now, dirtied, done);
+    }
+
+    // ----- the state machine -------------------------------------------------
+
+    fn pump(&mut self) {
+        match self.phase {
+            Phase::Run => {
+                if self.paused() {
+                    self.reach_pause_point();
+                    return;
+                }
+                self.issue_copies();
+                let clean = self.copies.is_empty() && self.sh.bitmap.is_clean();
+                if clean && !self.flushing && (!self.ready || self.finish.is_some()) {
+                    if !self.ready {
+                        self.flush_target();
+                    } else {
+                        self.begin_quiesce();
+                    }
+                } else if self.finish.is_some() && self.ready && !self.flushing {
+                    // Close the gate once little is left, so the guest's
+                    // stall is bounded by copying at most one buffer.
+                    let left = self.sh.bitmap.dirty_bytes() + self.bytes_in_flight;
+                    if left <= self.sh.opts.buf_size {
+                        self.begin_quiesce();
+                    }
+                }
+            }
+            Phase::Quiescing => {
+                if self.disk.gate.in_flight() == 0 {
+                    self.phase = Phase::Draining;
+                    self.pump();
+                }
+            }
+            Phase::Draining => {
+                self.issue_copies();
+                if self.copies.is_empty() && self.sh.bitmap.is_clean() && !self.flushing {
+                    self.phase = Phase::FinalFlush;
+                    self.flush_target();
+                }
+            }
+            Phase::FinalFlush => {}
+            Phase::Aborting => {
+                if self.copies.is_empty() && !self.flushing && self.disk.gate.in_flight() == 0 {
+                    self.conclude_aborted();
+                }
+            }
+            Phase::Ended => {}
+        }
+    }
+
+    /// With no copy in flight, a pause takes effect: status paused/standby.
+    fn reach_pause_point(&mut self) {
+        if !self.copies.is_empty() {
+            return;
+        }
+        match self.status {
+            JobStatus::Running => self.set_status(JobStatus::Paused),
+            JobStatus::Ready => self.set_status(JobStatus::Standby),
+            _ => {}
+        }
+    }
+
+    fn begin_quiesce(&mut self) {
+        self.phase = Phase::Quiescing;
+        let tx = self.sh.tx.clone();
+        self.disk.gate.close(Box::new(move || {
+            let _ = tx.send(Msg::Drained);
+        }));
+    }
+
+    /// Leave the gate-closed phases (pause or error during the final sync).
+    fn back_to_run(&mut self) {
+        if matches!(
+            self.phase,
+            Phase::Quiescing | Phase::Draining | Phase::FinalFlush
+        ) {
+            self.disk.gate.open();
+            self.phase = Phase::Run;
+        }
+    }
+
+    fn flush_target(&mut self) {
+        self.flushing = true;
+        let tx = self.sh.tx.clone();
+        self.target.flush(Box::new(move |r| {
+            let _ = tx.send(Msg::Flushed(r));
+        }));
+    }
+
+    fn on_flushed(&mut self, res: IoResult<()>) {
+        self.flushing = false;
+        if let Err(e) = res {
+            self.io_error(IoOperation::Write, e, None);
+            return;
+        }
+        match self.phase {
+            Phase::Run if self.copies.is_empty() && self.sh.bitmap.is_clean() && !self.ready => {
+                self.ready = true;
+                self.set_status(JobStatus::Ready);
+                let progress = self.progress();
+                self.sh.emit(JobEvent::Ready {
+                    id: self.sh.id.clone(),
+                    progress,
+                });
+            }
+            Phase::FinalFlush => {
+                if self.copies.is_empty() && self.sh.bitmap.is_clean() {
+                    self.finish_in_sync();
+                } else {
+                    self.phase = Phase::Draining;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The gate is closed, nothing is dirty or in flight, the target is
+    /// flushed: the target equals the source.
+    fn finish_in_sync(&mut self) {
+        let id = self.sh.id.clone();
+        match self.finish {
+            Some(Finish::Complete) if self.sh.opts.auto_finalize || self.finalized => {
+                self.disk.switch_to(self.target.clone());
+                self.disk.detach();
+                self.disk.gate.open();
+                self.phase = Phase::Ended;
+                if self.status != JobStatus::Pending {
+                    self.set_status(JobStatus::Waiting);
+                    self.set_status(JobStatus::Pending);
+                    self.sh.emit(JobEvent::Pending { id: id.clone() });
+                }
+                self.conclude(None);
+            }
+            Some(Finish::Complete) => {
+                // auto-finalize off: keep mirroring (guest writes meanwhile
+                // are tracked and copied) until finalize switches over.
+                self.disk.gate.open();
+                self.phase = Phase::Run;
+                self.finish = None;
+                self.awaiting_finalize = true;
+                self.set_status(JobStatus::Waiting);
+                self.set_status(JobStatus::Pending);
+                self.sh.emit(JobEvent::Pending { id });
+            }
+            Some(Finish::SoftCancel) => {
+                self.disk.detach();
+                self.disk.gate.open();
+                self.phase = Phase::Ended;
+                self.set_status(JobStatus::Waiting);
+                self.set_status(JobStatus::Pending);
+                self.sh.emit(JobEvent::Pending { id });
+                self.conclude(None);
+            }
+            None => {
+                self.back_to_run();
+            }
+        }
+    }
+
+    fn conclude(&mut self, error: Option<String>) {
+        let progress = self.progress();
+        self.error = error.clone();
+        self.sh.emit(JobEvent::Completed {
+            id: self.sh.id.clone(),
+            progress,
+            error,
+        });
+        self.set_status(JobStatus::Concluded);
+        if self.sh.opts.auto_dismiss {
+            self.set_status(JobStatus::Null);
+        }
+    }
+
+    fn start_abort(&mut self) {
+        if matches!(self.phase, Phase::Aborting | Phase::Ended) {
+            return;
+        }
+        if matches!(
+            self.phase,
+            Phase::Quiescing | Phase::Draining | Phase::FinalFlush
+        ) {
+            self.disk.gate.open();
+        }
+        self.phase = Phase::Aborting;
+        // A paused job resumes to abort, as in QEMU.
+        match self.status {
+            JobStatus::Paused => self.set_status(JobStatus::Running),
+            JobStatus::Standby => self.set_status(JobStatus::Ready),
+            _ => {}
+        }
+        self.user_paused = false;
+        self.error_paused = false;
+        self.set_status(JobStatus::Aborting);
+    }
+
+    fn conclude_aborted(&mut self) {
+        self.disk.detach();
+        self.phase = Phase::Ended;
+        let progress = self.progress();
+        if self.error.is_none() {
+            self.sh.emit(JobEvent::Cancelled {
+                id: self.sh.id.clone(),
+                progress,
+            });
+        } else {
+            self.sh.emit(JobEvent::Completed {
+                id: self.sh.id.clone(),
+                progress,
+                error: self.error.clone(),
+            });
+        }
+        self.set_status(JobStatus::Concluded);
+        if self.sh.opts.auto_dismiss {
+            self.set_status(JobStatus::Null);
+        }
+    }
+
+    // ----- copying -------------------------------------------------------------
+
+    fn issue_copies(&mut self) {
+        if let Some(at) = self.retry_after {
+            if Instant::now() < at {
+                return;
+            }
+            self.retry_after = None;
+        }
+        let g = self.sh.opts.granularity;
+        let buf_size = self.sh.opts.buf_size.max(g);
+        let clusters = self.sh.bitmap.clusters();
+        let mut skipped = 0u64;
+        while self.bytes_in_flight < buf_size && skipped <= clusters {
+            let Some((first, count)) = self.sh.bitmap.dirty_run(self.cursor, self.chunk_clusters)
+            else {
+                return;
+            };
+            let (lo, hi) = (first * g, (first + count) * g);
+            let wait = self
+                .limiter
+                .try_grant((hi - lo).min(self.sh.bitmap.len() - lo));
+            if !wait.is_zero() {
+                self.retry_after = Some(Instant::now() + wait);
+                return;
+            }
+            // Lock the run, or at least its first cluster; else skip it.
+            let locked = match self.link.locks.try_acquire(lo, hi, true) {
+                Some(guard) => Some((guard, count)),
+                None => self
+                    .link
+                    .locks
+                    .try_acquire(lo, lo + g, true)
+                    .map(|gd| (gd, 1)),
+            };
+            let Some((guard, count)) = locked else {
+                self.cursor = first + 1;
+                skipped += 1;
+                continue;
+            };
+            self.cursor = first + count;
+            let runs = self.sh.bitmap.take_range(first, count).unwrap_or_default();
+            let guard = Arc::new(guard);
+            for (c, n) in runs {
+                let (off, len) = self.sh.bitmap.run_bytes(c, n);
+                self.copy_range(off, len, &guard);
+            }
+        }
+    }
+
+    /// Copy `[off, off+len)`, taken from the bitmap and locked by `guard`.
+    fn copy_range(&mut self, off: u64, len: u64, guard: &Arc<RangeGuard>) {
+        let extents = if self.source.info().sparse_aware {
+            self.source.extents(off, len).ok()
+        } else {
+            None
+        };
+        let extents = extents.unwrap_or_else(|| {
+            vec![ringmirror_engine::Extent {
+                offset: off,
+                len,
+                kind: ExtentKind::Data,
+            }]
+        });
+        for e in extents {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.copies.insert(
+                id,
+                Copy {
+                    off: e.offset,
+                    len: e.len,
+                    _guard: guard.clone(),
+                },
+            );
+            self.bytes_in_flight += e.len;
+            self.sh.in_flight_bytes.fetch_add(e.len, Ordering::AcqRel);
+            if e.kind == ExtentKind::Hole {
+                self.zero_target(id, e.offset, e.len, None);
+            } else {
+                let buf = self.source.alloc_buf(e.len as usize);
+                let tx = self.sh.tx.clone();
+                self.source.read(
+                    e.offset,
+                    buf,
+                    Box::new(move |b, res| {
+                        let _ = tx.send(Msg::Io {
+                            id,
+                            stage: Stage::Read,
+                            res,
+                            buf: Some(b),
+                        });
+                    }),
+                );
+            }
+        }
+    }
+
+    /// The range reads as zeroes on the source: make it so on the target,
+    /// unless the target is known to hold zeroes there already.
+    fn zero_target(&mut self, id: u64, off: u64, len: u64, buf: Option<DmaBuf>) {
+        drop(buf);
+        let g = self.sh.opts.granularity;
+        let (c0, c1) = (off / g, (off + len).div_ceil(g));
+        let ever_written = self
+            .link
+            .written
+            .next_dirty(c0)
+            .is_some_and(|c| c >= c0 && c < c1);
+        if self.sh.opts.target_is_zero && !ever_written {
+            self.copy_done(id);
+            return;
+        }
+        let _ = self.link.written.mark(off, len);
+        let tx = self.sh.tx.clone();
+        self.target.write_zeroes(
+            off,
+            len,
+            true,
+            Box::new(move |res| {
+                let _ = tx.send(Msg::Io {
+                    id,
+                    stage: Stage::Zero,
+                    res,
+                    buf: None,
+                });
+            }),
+        );
+    }
+
+    fn on_io(&mut self, id: u64, stage: Stage, res: IoResult<()>, buf: Option<DmaBuf>) {
+        let Some((off, len)) = self.copies.get(&id).map(|c| (c.off, c.len)) else {
+            return;
+        };
+        if let Err(e) = res {
+            let op = if stage == Stage::Read {
+                IoOperation::Read
+            } else {
+                IoOperation::Write
+            };
+            self.copy_failed(id);
+            self.io_error(op, e, Some((off, len)));
+            return;
+        }
+        match stage {
+            Stage::Read => {
+                let Some(buf) = buf else {
+                    return self.copy_failed(id);
+                };
+                if self.phase == Phase::Aborting {
+                    // Stop at once: do not start the write half.
+                    let _ = self.sh.bitmap.mark(off, len);
+                    return self.copy_failed(id);
+                }
+                if is_zero(&buf) {
+                    self.zero_target(id, off, len, Some(buf));
+                } else {
+                    let _ = self.link.written.mark(off, len);
+                    let tx = self.sh.tx.clone();
+                    self.target.write(
+                        off,
+                        buf,
+                        false,
+                        Box::new(move |b, res| {
+                            let _ = tx.send(Msg::Io {
+                                id,
+                                stage: Stage::Write,
+                                res,
+                                buf: Some(b),
+                            });
+                        }),
+                    );
+                }
+            }
+            Stage::Write | Stage::Zero => self.copy_done(id),
+        }
+    }
+
+    fn copy_done(&mut self, id: u64) {
+        if let Some(c) = self.copies.remove(&id) {
+            self.bytes_in_flight -= c.len;
+            self.sh.in_flight_bytes.fetch_sub(c.len, Ordering::AcqRel);
+            self.sh.done_bytes.fetch_add(c.len, Ordering::AcqRel);
+        }
+    }
+
+    /// A copy failed or was abandoned: its range is dirty again.
+    fn copy_failed(&mut self, id: u64) {
+        if let Some(c) = self.copies.remove(&id) {
+            let _ = self.sh.bitmap.mark(c.off, c.len);
+            self.bytes_in_flight -= c.len;
+            self.sh.in_flight_bytes.fetch_sub(c.len, Ordering::AcqRel);
+        }
+    }
+
+    // ----- errors ----------------------------------------------------------------
+
+    fn io_error(&mut self, op: IoOperation, e: IoError, range: Option<(u64, u64)>) {
+        if let Some((off, len)) = range {
+            let _ = self.sh.bitmap.mark(off, len);
+        }
+        if matches!(self.phase, Phase::Aborting | Phase::Ended) {
+            return;
+        }
+        let policy = match op {
+            IoOperation::Read => self.sh.opts.on_source_error,
+            IoOperation::Write => self.sh.opts.on_target_error,
+        };
+        let nospace = e.kind == ErrorKind::NoSpace;
+        let action = match policy {
+            ErrorPolicy::Report => ErrorAction::Report,
+            ErrorPolicy::Ignore => ErrorAction::Ignore,
+            ErrorPolicy::Stop => ErrorAction::Stop,
+            ErrorPolicy::Enospc if nospace => ErrorAction::Stop,
+            ErrorPolicy::Enospc => ErrorAction::Report,
+        };
+        self.sh.emit(JobEvent::Error {
+            id: self.sh.id.clone(),
+            operation: op,
+            action,
+        });
+        match action {
+            ErrorAction::Report => {
+                self.error = Some(strerror(&e));
+                self.start_abort();
+            }
+            ErrorAction::Ignore => {
+                self.retry_after = Some(Instant::now() + Duration::from_millis(100));
+                if matches!(self.phase, Phase::FinalFlush) {
+                    self.phase = Phase::Draining;
+                }
+            }
+            ErrorAction::Stop => {
+                self.error_paused = true;
+                self.io_status = if nospace { "nospace" } else { "failed" };
+                self.back_to_run();
+            }
+        }
+    }
+
+    // ----- messages ----------------------------------------------------------------
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Io {
+                id,
+                stage,
+                res,
+                buf,
+            } => self.on_io(id, stage, res, buf),
+            Msg::Flushed(res) => self.on_flushed(res),
+            Msg::Drained => {}
+            Msg::ActiveTargetError(e) => self.io_error(IoOperation::Write, e, None),
+            Msg::Cmd(cmd, reply) => {
+                let r = self.command(cmd);
+                self.publish();
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn refuse(&self, verb: Verb) -> JobError {
+        JobError::WrongState {
+            id: self.sh.id.clone(),
+            status: self.status,
+            verb: verb.as_str(),
+        }
+    }
+
+    fn check(&self, verb: Verb) -> Result<(), JobError> {
+        if self.status.accepts(verb) {
+            Ok(())
+        } else {
+            Err(self.refuse(verb))
+        }
+    }
+
+    fn command(&mut self, cmd: Cmd) -> Result<(), JobError> {
+        match cmd {
+            Cmd::Verb(Verb::Pause) => {
+                self.check(Verb::Pause)?;
+                if self.user_paused {
+                    return Err(JobError::Refused("The block job is already paused".into()));
+                }
+                self.user_paused = true;
+                self.back_to_run();
+                self.reach_pause_point();
+                Ok(())
+            }
+            Cmd::Verb(Verb::Resume) => {
+                self.check(Verb::Resume)?;
+                if !self.user_paused && !self.error_paused {
+                    return Err(JobError::Refused(
+                        "Can't resume a job that was not paused".into(),
+                    ));
+                }
+                self.user_paused = false;
+                self.error_paused = false;
+                self.io_status = "ok";
+                match self.status {
+                    JobStatus::Paused => self.set_status(JobStatus::Running),
+                    JobStatus::Standby => self.set_status(JobStatus::Ready),
+                    _ => {}
+                }
+                Ok(())
+            }
+            Cmd::SetSpeed(speed) => {
+                self.check(Verb::SetSpeed)?;
+                self.limiter.set_rate(speed);
+                let g = self.sh.opts.granularity;
+                let mut chunk = (self.sh.opts.buf_size / 16).clamp(g, 64 << 20);
+                if speed > 0 {
+                    chunk = chunk.min((speed / 10).max(g));
+                }
+                self.chunk_clusters = (chunk / g).max(1);
+                self.retry_after = None;
+                Ok(())
+            }
+            Cmd::ChangeMode(mode) => {
+                self.check(Verb::Change)?;
+                let current = if self.link.is_write_blocking() {
+                    CopyMode::WriteBlocking
+                } else {
+                    CopyMode::Background
+                };
+                if current == mode {
+                    return Ok(());
+                }
+                if mode != CopyMode::WriteBlocking {
+                    return Err(JobError::Refused(format!(
+                        "Change to copy mode '{}' is not implemented",
+                        mode.as_str()
+                    )));
+                }
+                self.link.write_blocking.store(true, Ordering::Release);
+                Ok(())
+            }
+            Cmd::Cancel { force } => {
+                self.check(Verb::Cancel)?;
+                if !force
+                    && self.ready
+                    && !self.awaiting_finalize
+                    && self.status != JobStatus::Pending
+                {
+                    // Soft cancel in READY: finish in sync, no switch.
+                    if self.status == JobStatus::Standby {
+                        self.user_paused = false;
+                        self.error_paused = false;
+                        self.set_status(JobStatus::Ready);
+                    }
+                    self.finish = Some(Finish::SoftCancel);
+                } else {
+                    self.cancelled = true;
+                    self.start_abort();
+                }
+                Ok(())
+            }
+            Cmd::Verb(Verb::Complete) => {
+                self.check(Verb::Complete)?;
+                if self.finish.is_some() {
+                    return Err(JobError::Refused(format!(
+                        "The active block job '{}' cannot be completed",
+                        self.sh.id
+                    )));
+                }
+                // In standby, completion takes effect on resume.
+                self.finish = Some(Finish::Complete);
+                Ok(())
+            }
+            Cmd::Verb(Verb::Finalize) => {
+                self.check(Verb::Finalize)?;
+                self.finalized = true;
+                self.finish = Some(Finish::Complete);
+                Ok(())
+            }
+            Cmd::Verb(Verb::Dismiss) => {
+                self.check(Verb::Dismiss)?;
+                self.set_status(JobStatus::Null);
+                Ok(())
+            }
+            Cmd::Verb(v) => Err(self.refuse(v)),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The guest side of a running job: what a [`crate::Disk`] does with each
+//! guest request while a job is attached.
+//!
+//! Background mode: the request runs on the source; when it completes (and
+//! before the guest is told) its range is marked dirty, so any copy that
+//! raced with it is redone.
+//!
+//! Write-blocking mode: the request takes the cluster lock of its span
+//! (so no copy of those clusters, and no other write-blocking request, is
+//! in flight), copies the guest's bytes into a second buffer, writes both
+//! source and target, and completes when both have. Clusters it covered
+//! whole are then in sync and are cleared; partly covered ones keep their
+//! bit as it was (both sides received the same bytes, so a clean cluster
+//! stays clean and a dirty one stays dirty).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+use ringmirror_bitmap::DirtyBitmap;
+use ringmirror_engine::{BlockDevice, BufDone, DmaBuf, Done, IoError, IoResult, RangeLock};
+
+use crate::coordinator::Msg;
+
+pub(crate) struct JobLink {
+    pub(crate) bitmap: Arc<DirtyBitmap>,
+    /// Target clusters ever written (by the job or a write-blocking request):
+    /// only clusters outside it may be assumed zero with `target-is-zero`.
+    pub(crate) written: Arc<DirtyBitmap>,
+    pub(crate) target: Arc<dyn BlockDevice>,
+    pub(crate) locks: Arc<RangeLock>,
+    pub(crate) write_blocking: AtomicBool,
+    /// Bytes of guest writes marked dirty (for the dirty rate).
+    pub(crate) guest_dirtied: AtomicU64,
+    /// Bytes written to the target by write-blocking requests.
+    pub(crate) active_synced: AtomicU64,
+    pub(crate) notify: Sender<Msg>,
+}
+
+fn align_down(v: u64, a: u64) -> u64 {
+    v - v % a
+}
+
+/// (source result, target result, source buffer)
+type HalfResults = (Option<IoResult<()>>, Option<IoResult<()>>, Option<DmaBuf>);
+type HalvesDone = Box<dyn FnOnce(IoResult<()>, IoResult<()>, Option<DmaBuf>) + Send>;
+
+/// Joins the source and target halves of a write-blocking request: runs the
+/// finisher once both results are in, with the source's buffer.
+struct Halves {
+    results: Mutex<HalfResults>,
+    finish: Mutex<Option<HalvesDone>>,
+}
+
+impl Halves {
+    fn new(finish: HalvesDone) -> Arc<Halves> {
+        Arc::new(Halves {
+            results: Mutex::new((None, None, None)),
+            finish: Mutex::new(Some(finish)),
+        })
+    }
+
+    fn source(&self, res: IoResult<()>, buf: Option<DmaBuf>) {
+        let mut r = self.results.lock();
+        r.0 = Some(res);
+        r.2 = buf;
+        drop(r);
+        self.maybe_finish();
+    }
+
+    fn target(&self, res: IoResult<()>) {
+        self.results.lock().1 = Some(res);
+        self.maybe_finish();
+    }
+
+    fn maybe_finish(&self) {
+        let mut r = self.results.lock();
+        if r.0.is_none() || r.1.is_none() {
+            return;
+        }
+        let (s, t, b) = (r.0.take(), r.1.take(), r.2.take());
+        drop(r);
+        if let (Some(f), Some(s), Some(t)) = (self.finish.lock().take(), s, t) {
+            f(s, t, b);
+        }
+    }
+}
+
+impl JobLink {
+    /// Mark a completed guest request's range dirty.
+    pub(crate) fn mark(&self, off: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        // The range was checked against the disk size before the request ran.
+        if self.bitmap.mark(off, len).is_ok() {
+            self.guest_dirtied.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn is_write_blocking(&self) -> bool {
+        self.write_blocking.load(Ordering::Acquire)
+    }
+
+    fn span(&self, off: u64, len: u64) -> (u64, u64) {
+        let g = self.bitmap.granularity();
+        (align_down(off, g), align_down(off + len + g - 1, g))
+    }
+
+    /// Clusters wholly inside `[off, off+len)` are now equal on both sides.
+    fn clear_covered(&self, off: u64, len: u64) {
+        let g = self.bitmap.granularity();
+        let first = off.div_ceil(g);
+        let end = off + len;
+        // The last partial cluster of the disk counts as covered when the
+        // write reaches the end of the disk.
+        let last = if end == self.bitmap.len() {
+            end.div_ceil(g)
+        } else {
+            end / g
+        };
+        if last > first {
+            let _ = self.bitmap.take_range(first, last - first);
+        }
+    }
+
+    fn target_failed(&self, off: u64, len: u64, e: IoError) {
+        self.mark(off, len);
+        let _ = self.notify.send(Msg::ActiveTargetError(e));
+    }
+
+    /// Settle a finished write-blocking request: clear what is now in
+    /// sync, or re-mark what is not.
+    fn settle(&self, off: u64, len: u64, src: &IoResult<()>, tgt: IoResult<()>) {
+        match (src, tgt) {
+            (Ok(()), Ok(())) => {
+                self.clear_covered(off, len);
+                self.active_synced.fetch_add(len, Ordering::Relaxed);
+            }
+            (Ok(()), Err(e)) => self.target_failed(off, len, e),
+            (Err(_), _) => self.mark(off, len),
+        }
+    }
+
+    /// A write-blocking write (see the module docs). `done` gets the source
+    /// result; a target failure is the job's business (its error policy),
+    /// the range is re-marked so the job copies it again.
+    pub(crate) fn active_write(
+        self: &Arc<Self>,
+        src: Arc<dyn BlockDevice>,
+        off: u64,
+        buf: DmaBuf,
+        fua: bool,
+        done: BufDone,
+    ) {
+        let (lo, hi) = self.span(off, buf.len() as u64);
+        let link = self.clone();
+        self.locks.acquire(lo, hi, true, move |guard| {
+            let len = buf.len() as u64;
+            let mut copy = link.target.alloc_buf(buf.len());
+            copy.copy_from_slice(&buf);
+            let _ = link.written.mark(off, len);
+            let l2 = link.clone();
+            let halves = Halves::new(Box::new(move |s, t, b| {
+                l2.settle(off, len, &s, t);
+                drop(guard);
+                done(b.unwrap_or_else(|| DmaBuf::new(0, 1)), s);
+            }));
+            let h = halves.clone();
+            src.write(off, buf, fua, Box::new(move |b, r| h.source(r, Some(b))));
+            link.target
+                .write(off, copy, fua, Box::new(move |_b, r| halves.target(r)));
+        });
+    }
+
+    /// A write-blocking write-zeroes: both sides, like [`Self::active_write`].
+    pub(crate) fn active_zeroes(
+        self: &Arc<Self>,
+        src: Arc<dyn BlockDevice>,
+        off: u64,
+        len: u64,
+        unmap: bool,
+        done: Done,
+    ) {
+        let (lo, hi) = self.span(off, len);
+        let link = self.clone();
+        self.locks.acquire(lo, hi, true, move |guard| {
+            let _ = link.written.mark(off, len);
+            let l2 = link.clone();
+            let halves = Halves::new(Box::new(move |s, t, _| {
+                l2.settle(off, len, &s, t);
+                drop(guard);
+                done(s);
+            }));
+            let h = halves.clone();
+            src.write_zeroes(off, len, unmap, Box::new(move |r| h.source(r, None)));
+            link.target
+                .write_zeroes(off, len, unmap, Box::new(move |r| halves.target(r)));
+        });
+    }
+}

@@ -1,0 +1,432 @@
+//! The mirror job's lifecycle, after QEMU's own mirror tests (iotests 041
+//! and friends): complete, cancel, pause, finalize, dismiss, wrong verbs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ringmirror_engine::{BlockDevice, BlockDeviceExt};
+use ringmirror_mirror::{
+    CopyMode, DiskOp, JobError, JobEvent, JobStatus, MirrorError, MirrorOptions, SyncMode,
+};
+use ringmirror_testkit::{assert_files_equal, random_bytes};
+
+use JobStatus::*;
+
+#[test]
+fn complete_without_guest_io_switches_to_an_identical_target() {
+    let s = setup("m-complete", 24 << 20, 1);
+    let (job, mut ev) = start(&s, MirrorOptions::new("job0")).unwrap();
+    let ready = ev.wait("BLOCK_JOB_READY", T);
+    let JobEvent::Ready { progress, .. } = ready else {
+        unreachable!()
+    };
+    assert_eq!(progress.offset, progress.len);
+    assert_eq!(progress.len, 24 << 20);
+    let q = job.query();
+    assert!(q.ready && q.status == Ready && q.offset == q.len, "{q:?}");
+    job.complete().unwrap();
+    let done = ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert!(
+        matches!(done, JobEvent::Completed { error: None, .. }),
+        "{done:?}"
+    );
+    ev.wait_status(Null, T);
+    assert_eq!(
+        ev.statuses(),
+        vec![Created, Running, Ready, Waiting, Pending, Concluded, Null]
+    );
+    assert_eq!(
+        s.disk.current().info().name,
+        s.target.info().name,
+        "the disk was not switched"
+    );
+    assert_eq!(s.disk.job_id(), None);
+    assert_files_equal(&s.src_path, &s.dst_path);
+    // New writes go to the target only.
+    s.disk.write_at(4096, &[0x5a; 4096], false).unwrap();
+    assert_eq!(
+        &s.target.read_at(4096, 4096).unwrap()[..],
+        &[0x5a; 4096][..]
+    );
+    assert_ne!(
+        &s.source.read_at(4096, 4096).unwrap()[..],
+        &[0x5a; 4096][..]
+    );
+}
+
+#[test]
+fn writes_before_and_after_ready_all_reach_the_target() {
+    let s = setup("m-writes", 16 << 20, 2);
+    s.disk
+        .write_at(100, &random_bytes(20, 70_000), false)
+        .unwrap();
+    let (job, mut ev) = start(&s, MirrorOptions::new("job0")).unwrap();
+    s.disk
+        .write_at(5 << 20, &random_bytes(21, 1 << 20), false)
+        .unwrap();
+    ev.wait("BLOCK_JOB_READY", T);
+    s.disk
+        .write_at((16 << 20) - 777, &random_bytes(22, 777), false)
+        .unwrap();
+    s.disk.write_zeroes_sync(8 << 20, 3 << 20, true).unwrap();
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert_files_equal(&s.src_path, &s.dst_path);
+}
+
+#[test]
+fn cancel_before_ready_soft_and_force_gives_cancelled() {
+    for force in [false, true] {
+        let s = setup("m-cancel", 32 << 20, 3);
+        let mut o = MirrorOptions::new("job0");
+        o.speed = 1 << 20;
+        let (job, mut ev) = start(&s, o).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(job.status(), Running);
+        job.cancel(force).unwrap();
+        let e = ev.wait("BLOCK_JOB_CANCELLED", T);
+        let JobEvent::Cancelled { progress, .. } = e else {
+            unreachable!()
+        };
+        assert!(progress.offset < progress.len, "{progress:?}");
+        ev.wait_status(Null, T);
+        assert_eq!(
+            ev.statuses(),
+            vec![Created, Running, Aborting, Concluded, Null]
+        );
+        assert!(!ev.names().contains(&"BLOCK_JOB_COMPLETED".to_string()));
+        assert_eq!(s.disk.current().info().name, s.source.info().name);
+        assert_eq!(s.disk.job_id(), None);
+    }
+}
+
+#[test]
+fn soft_cancel_in_ready_completes_without_switching_and_the_target_is_a_copy() {
+    let s = setup("m-softcancel", 16 << 20, 4);
+    let (job, mut ev) = start(&s, MirrorOptions::new("job0")).unwrap();
+    ev.wait("BLOCK_JOB_READY", T);
+    s.disk
+        .write_at(12345, &random_bytes(23, 100_000), false)
+        .unwrap();
+    job.cancel(false).unwrap();
+    let done = ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert!(matches!(done, JobEvent::Completed { error: None, .. }));
+    ev.wait_status(Null, T);
+    assert!(!ev.names().contains(&"BLOCK_JOB_CANCELLED".to_string()));
+    assert_eq!(
+        s.disk.current().info().name,
+        s.source.info().name,
+        "soft cancel must not switch"
+    );
+    assert_files_equal(&s.src_path, &s.dst_path);
+}
+
+#[test]
+fn force_cancel_in_ready_gives_cancelled() {
+    let s = setup("m-forcecancel", 8 << 20, 5);
+    let (job, mut ev) = start(&s, MirrorOptions::new("job0")).unwrap();
+    ev.wait("BLOCK_JOB_READY", T);
+    job.cancel(true).unwrap();
+    ev.wait("BLOCK_JOB_CANCELLED", T);
+    ev.wait_status(Null, T);
+    assert_eq!(
+        ev.statuses(),
+        vec![Created, Running, Ready, Aborting, Concluded, Null]
+    );
+    assert_eq!(s.disk.current().info().name, s.source.info().name);
+}
+
+#[test]
+fn pause_and_resume_in_running_and_ready_freeze_progress() {
+    let s = setup("m-pause", 32 << 20, 6);
+    let mut o = MirrorOptions::new("job0");
+    o.speed = 4 << 20;
+    let (job, mut ev) = start(&s, o).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    job.pause().unwrap();
+    ev.wait_status(Paused, T);
+    let q1 = job.query();
+    assert!(q1.paused && q1.status == Paused, "{q1:?}");
+    assert_eq!(
+        job.pause().unwrap_err(),
+        JobError::Refused("The block job is already paused".into())
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let q2 = job.query();
+    assert_eq!(q1.offset, q2.offset, "progress moved while paused");
+    job.resume().unwrap();
+    assert_eq!(
+        job.resume().unwrap_err(),
+        JobError::Refused("Can't resume a job that was not paused".into())
+    );
+    job.set_speed(0).unwrap();
+    ev.wait("BLOCK_JOB_READY", T);
+    job.pause().unwrap();
+    ev.wait_status(Standby, T);
+    assert!(job.query().paused);
+    job.resume().unwrap();
+    ev.wait_status(Ready, T);
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    let st = ev.statuses();
+    assert_eq!(
+        st[..6],
+        [Created, Running, Paused, Running, Ready, Standby],
+        "{st:?}"
+    );
+    assert_files_equal(&s.src_path, &s.dst_path);
+}
+
+#[test]
+fn complete_in_standby_takes_effect_on_resume() {
+    let s = setup("m-standby", 4 << 20, 7);
+    let (job, mut ev) = start(&s, MirrorOptions::new("job0")).unwrap();
+    ev.wait("BLOCK_JOB_READY", T);
+    job.pause().unwrap();
+    ev.wait_status(Standby, T);
+    job.complete().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(job.status(), Standby);
+    job.resume().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert_eq!(s.disk.current().info().name, s.target.info().name);
+}
+
+#[test]
+fn set_speed_is_reported_and_limits_the_copy() {
+    let s = setup("m-speed", 16 << 20, 8);
+    let mut o = MirrorOptions::new("job0");
+    o.speed = 2 << 20;
+    let (job, mut ev) = start(&s, o).unwrap();
+    assert_eq!(job.query().speed, 2 << 20);
+    std::thread::sleep(Duration::from_millis(1000));
+    let q = job.query();
+    // 2 MiB/s for about a second: nowhere near the 16 MiB.
+    assert!(q.offset <= 5 << 20, "{q:?}");
+    job.set_speed(0).unwrap();
+    assert_eq!(job.query().speed, 0);
+    let JobEvent::Ready { progress, .. } = ev.wait("BLOCK_JOB_READY", T) else {
+        unreachable!()
+    };
+    assert_eq!(progress.speed, 0);
+    job.cancel(false).unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+}
+
+#[test]
+fn wrong_verbs_are_refused_with_qemu_messages() {
+    let s = setup("m-verbs", 16 << 20, 9);
+    let mut o = MirrorOptions::new("job0");
+    o.speed = 1 << 20;
+    let (job, mut ev) = start(&s, o).unwrap();
+    let wrong = |verb: &'static str| JobError::WrongState {
+        id: "job0".into(),
+        status: Running,
+        verb,
+    };
+    assert_eq!(job.complete().unwrap_err(), wrong("complete"));
+    assert_eq!(job.finalize().unwrap_err(), wrong("finalize"));
+    assert_eq!(job.dismiss().unwrap_err(), wrong("dismiss"));
+    assert_eq!(
+        job.complete().unwrap_err().to_string(),
+        "Job 'job0' in state 'running' cannot accept command verb 'complete'"
+    );
+    assert_eq!(
+        job.change_copy_mode(CopyMode::Background),
+        Ok(()),
+        "changing to the current mode is a no-op"
+    );
+    job.change_copy_mode(CopyMode::WriteBlocking).unwrap();
+    assert_eq!(
+        job.change_copy_mode(CopyMode::Background)
+            .unwrap_err()
+            .to_string(),
+        "Change to copy mode 'background' is not implemented"
+    );
+    job.cancel(true).unwrap();
+    ev.wait_status(Null, T);
+    assert!(
+        matches!(job.pause(), Err(JobError::Gone(_))),
+        "a gone job refuses verbs"
+    );
+}
+
+#[test]
+fn auto_finalize_and_auto_dismiss_off_wait_for_the_user() {
+    let s = setup("m-finalize", 8 << 20, 10);
+    let mut o = MirrorOptions::new("job0");
+    o.auto_finalize = false;
+    o.auto_dismiss = false;
+    let (job, mut ev) = start(&s, o).unwrap();
+    ev.wait("BLOCK_JOB_READY", T);
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_PENDING", T);
+    assert_eq!(job.status(), Pending);
+    // Still on the source, and still mirroring: a write now is not lost.
+    assert_eq!(s.disk.current().info().name, s.source.info().name);
+    let data = random_bytes(24, 50_000);
+    s.disk.write_at(3 << 20, &data, false).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(job.status(), Pending);
+    job.finalize().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    ev.wait_status(Concluded, T);
+    assert_eq!(job.status(), Concluded);
+    assert_eq!(s.disk.current().info().name, s.target.info().name);
+    assert_eq!(
+        &s.target.read_at(3 << 20, data.len()).unwrap()[..],
+        &data[..]
+    );
+    job.dismiss().unwrap();
+    ev.wait_status(Null, T);
+    assert_eq!(
+        ev.statuses(),
+        vec![Created, Running, Ready, Waiting, Pending, Concluded, Null]
+    );
+    assert_files_equal(&s.src_path, &s.dst_path);
+}
+
+#[test]
+fn sync_none_copies_only_new_writes() {
+    let s = setup("m-syncnone", 8 << 20, 11);
+    let mut o = MirrorOptions::new("job0");
+    o.sync = SyncMode::None;
+    let (job, mut ev) = start(&s, o).unwrap();
+    let JobEvent::Ready { progress, .. } = ev.wait("BLOCK_JOB_READY", T) else {
+        unreachable!()
+    };
+    assert_eq!(progress.len, 0);
+    let data = random_bytes(25, 3 << 16);
+    s.disk.write_at(1 << 20, &data, false).unwrap();
+    job.cancel(false).unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    let t = s.target.read_at(0, 8 << 20).unwrap();
+    assert_eq!(&t[1 << 20..(1 << 20) + data.len()], &data[..]);
+    assert!(
+        t[..1 << 20].iter().all(|&b| b == 0),
+        "sync=none copied old data"
+    );
+}
+
+#[test]
+fn write_blocking_puts_guest_writes_on_the_target_before_acknowledging() {
+    let s = setup("m-active", 8 << 20, 12);
+    let mut o = MirrorOptions::new("job0");
+    o.copy_mode = CopyMode::WriteBlocking;
+    let (job, mut ev) = start(&s, o).unwrap();
+    ev.wait("BLOCK_JOB_READY", T);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(job.query().actively_synced, "{:?}", job.query());
+    for (i, (off, len)) in [(0u64, 4096usize), (12345, 777), (65536 * 3 + 1, 70_000)]
+        .into_iter()
+        .enumerate()
+    {
+        let data = random_bytes(30 + i as u64, len);
+        s.disk.write_at(off, &data, false).unwrap();
+        // Acknowledged: already on the target, without the job copying.
+        assert_eq!(
+            &s.target.read_at(off, len).unwrap()[..],
+            &data[..],
+            "write {i}"
+        );
+    }
+    assert!(job.query().offset == job.query().len);
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert_files_equal(&s.src_path, &s.dst_path);
+}
+
+#[test]
+fn small_and_odd_images() {
+    for size in [0usize, 512, 1025 << 10, 70_000 * 3 + 512] {
+        let s = setup("m-odd", size, 13);
+        let (job, mut ev) = start(&s, MirrorOptions::new("job0")).unwrap();
+        let JobEvent::Ready { progress, .. } = ev.wait("BLOCK_JOB_READY", T) else {
+            unreachable!()
+        };
+        assert_eq!(progress.len, size as u64);
+        if size >= 1024 {
+            s.disk
+                .write_at(size as u64 - 1000, &random_bytes(14, 1000), false)
+                .unwrap();
+        }
+        job.complete().unwrap();
+        ev.wait("BLOCK_JOB_COMPLETED", T);
+        assert_files_equal(&s.src_path, &s.dst_path);
+    }
+}
+
+#[test]
+fn bad_starts_are_refused_up_front() {
+    let s = setup("m-refuse", 4 << 20, 15);
+    let mut o = MirrorOptions::new("job0");
+    o.granularity = 1000;
+    assert_eq!(
+        start(&s, o.clone()).unwrap_err(),
+        MirrorError::InvalidOption("Granularity must be a power of 2".into())
+    );
+    o.granularity = 256;
+    assert!(start(&s, o.clone())
+        .unwrap_err()
+        .to_string()
+        .contains("[512B, 64MB]"));
+    o.granularity = 128 << 20;
+    assert!(start(&s, o).is_err());
+    // Source as its own target.
+    let same = ringmirror_mirror::MirrorJob::start(
+        &s.disk,
+        s.source.clone(),
+        MirrorOptions::new("j"),
+        None,
+    );
+    assert_eq!(same.unwrap_err(), MirrorError::SameDevice);
+    // A target of another size.
+    let other = s.dir.join("small.img");
+    ringmirror_testkit::sparse_file(&other, 1 << 20);
+    let small = s
+        .engine
+        .open(&other, &ringmirror_engine::OpenOptions::read_write())
+        .unwrap();
+    let r = ringmirror_mirror::MirrorJob::start(&s.disk, small, MirrorOptions::new("j"), None);
+    assert_eq!(r.unwrap_err(), MirrorError::SizeMismatch);
+    // A second job, and a resize, while one runs.
+    let mut o = MirrorOptions::new("job0");
+    o.speed = 1 << 20;
+    let (job, mut ev) = start(&s, o).unwrap();
+    let other2 = s.dir.join("other.img");
+    ringmirror_testkit::sparse_file(&other2, 4 << 20);
+    let t2 = s
+        .engine
+        .open(&other2, &ringmirror_engine::OpenOptions::read_write())
+        .unwrap();
+    let second = ringmirror_mirror::MirrorJob::start(&s.disk, t2, MirrorOptions::new("job1"), None);
+    assert!(
+        matches!(second, Err(MirrorError::Busy(ref m)) if m.contains("is busy")),
+        "{second:?}"
+    );
+    let e = s.disk.resize(8 << 20).unwrap_err();
+    assert!(e.to_string().contains("busy"), "{e}");
+    assert!(s.disk.check_op(DiskOp::Detach).is_err());
+    job.cancel(true).unwrap();
+    ev.wait_status(Null, T);
+    assert!(s.disk.check_op(DiskOp::Detach).is_ok());
+}
+
+#[test]
+fn embedder_policy_can_refuse_a_job() {
+    let s = setup("m-policy", 1 << 20, 16);
+    s.disk.set_op_policy(|op, _| {
+        if op == DiskOp::StartJob {
+            Err("migrations are frozen".into())
+        } else {
+            Ok(())
+        }
+    });
+    let r = start(&s, MirrorOptions::new("job0"));
+    assert_eq!(
+        r.unwrap_err(),
+        MirrorError::Busy("migrations are frozen".into())
+    );
+}
