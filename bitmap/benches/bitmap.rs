@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringmirror_bitmap::DirtyBitmap;
 
-const RUNS: usize = 5;
+const RUNS: usize = 7;
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const TIB: u64 = 1 << 40;
@@ -67,72 +67,65 @@ fn timed_threads(threads: usize, work: impl Fn(usize) + Send + Sync + 'static) -
 fn bench_marks() {
     const PER_THREAD: usize = 4_000_000;
     println!("### Marks: random 4 KiB writes, 1 TiB disk\n");
-    println!("| granularity | threads | ringmirror Mmarks/s | ns/mark/thread | bare fetch_or Mmarks/s | Mutex<BitVec> Mmarks/s | ringmirror / bare |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "The three variants run back to back inside each of the {RUNS} rounds, so \
+         a busy machine slows them alike; the ratio is the median of the \
+         per-round ratios.\n"
+    );
+    println!("| granularity | threads | ringmirror Mmarks/s | ns/mark/thread | bare fetch_or Mmarks/s | Mutex<BitVec> Mmarks/s | ringmirror / bare | ringmirror / Mutex |");
+    println!("|---|---|---|---|---|---|---|---|");
     for g in [64 * KIB, 4 * KIB] {
+        let shift = g.trailing_zeros();
+        let b = Arc::new(DirtyBitmap::new(TIB, g).unwrap());
+        let words: Arc<Vec<AtomicU64>> = Arc::new(
+            (0..TIB.div_ceil(g).div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        );
+        let locked = Arc::new(Mutex::new(BitVec::<u64, Lsb0>::repeat(
+            false,
+            TIB.div_ceil(g) as usize,
+        )));
         for threads in [1usize, 2] {
             let offs = offsets(TIB, PER_THREAD, threads);
             let marks = (PER_THREAD * threads) as f64;
+            let rate = |d: Duration| marks / d.as_secs_f64() / 1e6;
+            let (mut ours, mut bare, mut naive) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..RUNS {
+                b.clear_all();
+                let (bm, o) = (b.clone(), offs.clone());
+                ours.push(rate(timed_threads(threads, move |t| {
+                    for &off in o[t].iter() {
+                        bm.mark(off, 4096).unwrap();
+                    }
+                })));
 
-            let b = Arc::new(DirtyBitmap::new(TIB, g).unwrap());
-            let ours = median(
-                (0..RUNS)
-                    .map(|_| {
-                        b.clear_all();
-                        let (b, offs) = (b.clone(), offs.clone());
-                        let d = timed_threads(threads, move |t| {
-                            for &o in offs[t].iter() {
-                                b.mark(o, 4096).unwrap();
-                            }
-                        });
-                        marks / d.as_secs_f64() / 1e6
-                    })
-                    .collect(),
-            );
+                words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+                let (w, o) = (words.clone(), offs.clone());
+                bare.push(rate(timed_threads(threads, move |t| {
+                    for &off in o[t].iter() {
+                        let c = off >> shift;
+                        w[(c / 64) as usize].fetch_or(1 << (c % 64), Ordering::AcqRel);
+                    }
+                })));
 
-            let words: Arc<Vec<AtomicU64>> = Arc::new(
-                (0..TIB.div_ceil(g).div_ceil(64))
-                    .map(|_| AtomicU64::new(0))
-                    .collect(),
-            );
-            let shift = g.trailing_zeros();
-            let bare = median(
-                (0..RUNS)
-                    .map(|_| {
-                        let (words, offs) = (words.clone(), offs.clone());
-                        let d = timed_threads(threads, move |t| {
-                            for &o in offs[t].iter() {
-                                let c = o >> shift;
-                                words[(c / 64) as usize].fetch_or(1 << (c % 64), Ordering::AcqRel);
-                            }
-                        });
-                        marks / d.as_secs_f64() / 1e6
-                    })
-                    .collect(),
-            );
-
-            let locked = Arc::new(Mutex::new(BitVec::<u64, Lsb0>::repeat(
-                false,
-                TIB.div_ceil(g) as usize,
-            )));
-            let naive = median(
-                (0..RUNS)
-                    .map(|_| {
-                        let (locked, offs) = (locked.clone(), offs.clone());
-                        let d = timed_threads(threads, move |t| {
-                            for &o in offs[t].iter() {
-                                locked.lock().unwrap().set((o >> shift) as usize, true);
-                            }
-                        });
-                        marks / d.as_secs_f64() / 1e6
-                    })
-                    .collect(),
-            );
+                locked.lock().unwrap().fill(false);
+                let (l, o) = (locked.clone(), offs.clone());
+                naive.push(rate(timed_threads(threads, move |t| {
+                    for &off in o[t].iter() {
+                        l.lock().unwrap().set((off >> shift) as usize, true);
+                    }
+                })));
+            }
+            let vs_bare = median(ours.iter().zip(&bare).map(|(a, b)| a / b).collect());
+            let vs_mutex = median(ours.iter().zip(&naive).map(|(a, b)| a / b).collect());
+            let ours = median(ours);
             println!(
-                "| {} KiB | {threads} | {ours:.1} | {:.1} | {bare:.1} | {naive:.1} | {:.2} |",
+                "| {} KiB | {threads} | {ours:.1} | {:.1} | {:.1} | {:.1} | {vs_bare:.2} | {vs_mutex:.2} |",
                 g / KIB,
                 1e3 / ours * threads as f64,
-                ours / bare
+                median(bare),
+                median(naive),
             );
         }
     }
@@ -348,8 +341,9 @@ fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let want = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     println!(
-        "ringmirror-bitmap micro-benchmarks: {} CPUs, median of {RUNS} runs\n",
-        thread::available_parallelism().map_or(0, |n| n.get())
+        "ringmirror-bitmap micro-benchmarks: {} CPUs, median of {RUNS} runs, load average at start: {}\n",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
     if want("mark") {
         bench_marks();

@@ -272,7 +272,9 @@ impl DirtyBitmap {
     /// clusters. Acquire: pairs with a concurrent take's summary re-check
     /// (crate docs). Once `mark` returns, [`next_dirty`](Self::next_dirty) and
     /// [`dirty_clusters`](Self::dirty_clusters) calls that start afterwards
-    /// see the clusters, unless a take running concurrently has taken them.
+    /// see the clusters, unless a take runs concurrently with them (it may
+    /// have taken the clusters, or be between clearing and restoring the
+    /// summary bit above them; a later call sees them).
     ///
     /// ```
     /// use ringmirror_bitmap::DirtyBitmap;

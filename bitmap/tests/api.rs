@@ -36,6 +36,17 @@ fn granularity_must_be_a_power_of_two_in_range() {
 }
 
 #[test]
+fn an_impossible_allocation_is_an_error_not_an_abort() {
+    // 2^64 bytes at 512 B would need 4 PiB of bits.
+    let err = DirtyBitmap::new(u64::MAX, 512).unwrap_err();
+    assert!(
+        matches!(err, BitmapError::OutOfMemory { bytes } if bytes >= 1 << 52),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("larger granularity"), "{err}");
+}
+
+#[test]
 fn empty_disk_has_no_clusters_and_accepts_only_empty_ranges() {
     let b = DirtyBitmap::new(0, 65536).unwrap();
     assert!(b.is_empty());
