@@ -249,6 +249,41 @@ fn too_deep_message_gets_an_error_and_the_connection_keeps_serving() {
 }
 
 #[test]
+fn too_many_tokens_gets_qemus_errors_and_the_connection_keeps_serving() {
+    let (_m, path) = start("tokens");
+    let mut c = Client::negotiated(&path);
+    // 2 Mi + 3 tokens: the last comma is one too many; "1" and "]" are then read afresh.
+    let msg = format!("[{}1]", "1,".repeat(1 << 20));
+    let mut writer = c.stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        writer.write_all(msg.as_bytes()).unwrap();
+        writer
+            .write_all(b"\xff{\"execute\": \"query-block-jobs\", \"id\": \"after\"}")
+            .unwrap();
+    });
+    let mut errors = Vec::new();
+    let reply = loop {
+        let v = c.read_value();
+        if v.get("id").is_some() {
+            break v;
+        }
+        errors.push(error_of(&v).1);
+    };
+    sender.join().unwrap();
+    assert_eq!(reply, json!({"return": [], "id": "after"}));
+    // What qemu-storage-daemon 10.0.2 replies to the same bytes.
+    assert_eq!(
+        errors,
+        [
+            "JSON token count limit exceeded",
+            "QMP input must be a JSON object",
+            "JSON parse error, expecting value",
+            "JSON parse error, stray '\u{FFFD}'",
+        ]
+    );
+}
+
+#[test]
 fn unknown_command_and_argument_errors() {
     let (_m, path) = start("unknown");
     let mut c = Client::negotiated(&path);

@@ -207,10 +207,12 @@ impl Decoder {
             end: self.buf.len(),
         });
         self.committed = self.buf.len();
-        // QEMU waits while something is open. Its test reads `bracket_count >= 0` twice (the
-        // second was meant to be `brace_count`); we keep that so that we split the stream
-        // exactly where QEMU does.
-        if (self.brace_count > 0 || self.bracket_count > 0) && self.bracket_count >= 0 {
+        // Wait while something is open and nothing was closed too often (then parse, which
+        // reports the stray closer): QEMU 10.0's exact test.
+        if (self.brace_count > 0 || self.bracket_count > 0)
+            && self.brace_count >= 0
+            && self.bracket_count >= 0
+        {
             return;
         }
         let item = parse(&self.buf, &self.tokens).map_err(DecodeError::Syntax);
