@@ -218,8 +218,10 @@ impl Coordinator {
     fn publish(&self) {
         let mut s = self.sh.snapshot.lock();
         s.status = self.status;
-        s.ready = self.ready;
-        s.paused = self.paused();
+        // As QEMU reports them: `ready` only in ready/standby, `paused` also
+        // while pending.
+        s.ready = matches!(self.status, JobStatus::Ready | JobStatus::Standby);
+        s.paused = self.paused() || self.status == JobStatus::Pending;
         s.busy = !self.copies.is_empty() || (!self.paused() && !self.status.is_finished());
         s.io_status = self.io_status;
         s.error = self.error.clone();
@@ -229,7 +231,7 @@ impl Coordinator {
         } else {
             CopyMode::Background
         };
-        s.actively_synced = self.link.is_write_blocking()
+        s.actively_synced = (self.link.is_write_blocking() || self.sh.bitmap.is_empty())
             && self.ready
             && self.copies.is_empty()
             && self.sh.bitmap.is_clean();
@@ -423,7 +425,6 @@ impl Coordinator {
                 if self.status != JobStatus::Pending {
                     self.set_status(JobStatus::Waiting);
                     self.set_status(JobStatus::Pending);
-                    self.sh.emit(JobEvent::Pending { id: id.clone() });
                 }
                 self.conclude(None);
             }
@@ -439,13 +440,18 @@ impl Coordinator {
                 self.sh.emit(JobEvent::Pending { id });
             }
             Some(Finish::SoftCancel) => {
+                // The target is a point-in-time copy: stop tracking.
                 self.disk.detach();
                 self.disk.gate.open();
                 self.phase = Phase::Ended;
                 self.set_status(JobStatus::Waiting);
                 self.set_status(JobStatus::Pending);
-                self.sh.emit(JobEvent::Pending { id });
-                self.conclude(None);
+                if self.sh.opts.auto_finalize {
+                    self.conclude(None);
+                } else {
+                    // Concluded by finalize.
+                    self.sh.emit(JobEvent::Pending { id });
+                }
             }
             None => {
                 self.back_to_run();
@@ -793,7 +799,7 @@ impl Coordinator {
             Cmd::Verb(Verb::Pause) => {
                 self.check(Verb::Pause)?;
                 if self.user_paused {
-                    return Err(JobError::Refused("The block job is already paused".into()));
+                    return Err(JobError::Refused("Job is already paused".into()));
                 }
                 self.user_paused = true;
                 self.back_to_run();
@@ -850,17 +856,18 @@ impl Coordinator {
             }
             Cmd::Cancel { force } => {
                 self.check(Verb::Cancel)?;
+                if !force && self.user_paused {
+                    return Err(JobError::Refused(format!(
+                        "The block job for device '{}' is currently paused",
+                        self.sh.id
+                    )));
+                }
                 if !force
                     && self.ready
                     && !self.awaiting_finalize
                     && self.status != JobStatus::Pending
                 {
                     // Soft cancel in READY: finish in sync, no switch.
-                    if self.status == JobStatus::Standby {
-                        self.user_paused = false;
-                        self.error_paused = false;
-                        self.set_status(JobStatus::Ready);
-                    }
                     self.finish = Some(Finish::SoftCancel);
                 } else {
                     self.cancelled = true;
@@ -883,7 +890,12 @@ impl Coordinator {
             Cmd::Verb(Verb::Finalize) => {
                 self.check(Verb::Finalize)?;
                 self.finalized = true;
-                self.finish = Some(Finish::Complete);
+                if self.phase == Phase::Ended {
+                    // Soft-cancelled and pending: nothing left to do.
+                    self.conclude(None);
+                } else {
+                    self.finish = Some(Finish::Complete);
+                }
                 Ok(())
             }
             Cmd::Verb(Verb::Dismiss) => {

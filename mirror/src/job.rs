@@ -29,7 +29,9 @@ pub enum MirrorError {
     /// Bad options.
     #[error("{0}")]
     InvalidOption(String),
-    /// Source and target sizes differ.
+    /// Source and target sizes differ. (QEMU accepts the command and fails
+    /// the job at once with this message; refusing up front loses nothing
+    /// and tells the caller directly.)
     #[error("Source and target image have different sizes")]
     SizeMismatch,
     /// The target is the source.
@@ -97,6 +99,8 @@ pub(crate) struct JobShared {
     pub(crate) changed: Condvar,
     pub(crate) done_bytes: AtomicU64,
     pub(crate) in_flight_bytes: AtomicU64,
+    /// Bytes written by write-blocking guest requests (shared with the link).
+    pub(crate) active_synced: Arc<AtomicU64>,
     pub(crate) bitmap: Arc<DirtyBitmap>,
     pub(crate) sink: Option<EventSink>,
     pub(crate) subscribers: Mutex<Vec<Sender<JobEvent>>>,
@@ -116,7 +120,8 @@ impl JobShared {
     }
 
     pub(crate) fn progress_len(&self) -> (u64, u64) {
-        let done = self.done_bytes.load(Ordering::Acquire);
+        let done =
+            self.done_bytes.load(Ordering::Acquire) + self.active_synced.load(Ordering::Acquire);
         let remaining = self.bitmap.dirty_bytes() + self.in_flight_bytes.load(Ordering::Acquire);
         (done + remaining, done)
     }
@@ -145,7 +150,7 @@ fn validate(opts: &MirrorOptions) -> Result<(), MirrorError> {
     }
     if !g.is_power_of_two() {
         return Err(MirrorError::InvalidOption(
-            "Granularity must be a power of 2".into(),
+            "Parameter 'granularity' expects a power of 2".into(),
         ));
     }
     if opts.job_id.is_empty() {
@@ -190,6 +195,7 @@ impl MirrorJob {
         };
         let (bitmap, written) = (new_bitmap()?, new_bitmap()?);
         let (tx, rx) = crossbeam_channel::unbounded();
+        let active_synced = Arc::new(AtomicU64::new(0));
         let link = Arc::new(JobLink {
             bitmap: bitmap.clone(),
             written,
@@ -197,7 +203,7 @@ impl MirrorJob {
             locks: Arc::new(RangeLock::default()),
             write_blocking: AtomicBool::new(opts.copy_mode == CopyMode::WriteBlocking),
             guest_dirtied: AtomicU64::new(0),
-            active_synced: AtomicU64::new(0),
+            active_synced: active_synced.clone(),
             notify: tx.clone(),
         });
         let shared = Arc::new(JobShared {
@@ -218,6 +224,7 @@ impl MirrorJob {
             changed: Condvar::new(),
             done_bytes: AtomicU64::new(0),
             in_flight_bytes: AtomicU64::new(0),
+            active_synced,
             bitmap: bitmap.clone(),
             sink,
             subscribers: Mutex::new(Vec::new()),

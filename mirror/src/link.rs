@@ -33,8 +33,9 @@ pub(crate) struct JobLink {
     pub(crate) write_blocking: AtomicBool,
     /// Bytes of guest writes marked dirty (for the dirty rate).
     pub(crate) guest_dirtied: AtomicU64,
-    /// Bytes written to the target by write-blocking requests.
-    pub(crate) active_synced: AtomicU64,
+    /// Bytes written to the target by write-blocking requests; they count
+    /// as progress (done and total), as in QEMU.
+    pub(crate) active_synced: Arc<AtomicU64>,
     pub(crate) notify: Sender<Msg>,
 }
 

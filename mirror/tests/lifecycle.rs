@@ -151,7 +151,7 @@ fn pause_and_resume_in_running_and_ready_freeze_progress() {
     assert!(q1.paused && q1.status == Paused, "{q1:?}");
     assert_eq!(
         job.pause().unwrap_err(),
-        JobError::Refused("The block job is already paused".into())
+        JobError::Refused("Job is already paused".into())
     );
     std::thread::sleep(Duration::from_millis(500));
     let q2 = job.query();
@@ -186,6 +186,10 @@ fn complete_in_standby_takes_effect_on_resume() {
     ev.wait("BLOCK_JOB_READY", T);
     job.pause().unwrap();
     ev.wait_status(Standby, T);
+    assert_eq!(
+        job.cancel(false).unwrap_err().to_string(),
+        "The block job for device 'job0' is currently paused"
+    );
     job.complete().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(job.status(), Standby);
@@ -365,7 +369,7 @@ fn bad_starts_are_refused_up_front() {
     o.granularity = 1000;
     assert_eq!(
         start(&s, o.clone()).unwrap_err(),
-        MirrorError::InvalidOption("Granularity must be a power of 2".into())
+        MirrorError::InvalidOption("Parameter 'granularity' expects a power of 2".into())
     );
     o.granularity = 256;
     assert!(start(&s, o.clone())

@@ -1,0 +1,241 @@
+//! Error policies, with a fault-injecting device between the job and the
+//! real files: seeded EIO and ENOSPC, added latency.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ringmirror_engine::{BlockDevice, OpenOptions};
+use ringmirror_mirror::{
+    Disk, ErrorAction, ErrorPolicy, IoOperation, JobEvent, JobStatus, MirrorJob, MirrorOptions,
+};
+use ringmirror_testkit::{assert_files_equal, FaultDevice, FaultOp};
+
+struct Faulty {
+    s: Setup,
+    src: Arc<FaultDevice>,
+    dst: Arc<FaultDevice>,
+    disk: Arc<Disk>,
+}
+
+fn faulty(tag: &str, size: usize) -> Faulty {
+    let s = setup(tag, size, 40);
+    let src = FaultDevice::new(
+        s.engine
+            .open(&s.src_path, &OpenOptions::read_write())
+            .unwrap(),
+        1,
+    );
+    let dst = FaultDevice::new(
+        s.engine
+            .open(&s.dst_path, &OpenOptions::read_write())
+            .unwrap(),
+        2,
+    );
+    let disk = Disk::new("disk0", src.clone());
+    Faulty { s, src, dst, disk }
+}
+
+fn start_on(f: &Faulty, o: MirrorOptions) -> (MirrorJob, Events) {
+    let (sink, ev) = Events::sink();
+    let job = MirrorJob::start(
+        &f.disk,
+        f.dst.clone() as Arc<dyn BlockDevice>,
+        o,
+        Some(sink),
+    )
+    .unwrap();
+    (job, ev)
+}
+
+fn errors(ev: &Events) -> Vec<(IoOperation, ErrorAction)> {
+    ev.seen
+        .iter()
+        .filter_map(|e| match e {
+            JobEvent::Error {
+                operation, action, ..
+            } => Some((*operation, *action)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn report_fails_the_job_with_the_error() {
+    let f = faulty("e-report", 8 << 20);
+    f.dst
+        .fail(FaultOp::Write, libc::EIO, 1.0, 3, 2 << 20, 3 << 20);
+    let (_job, mut ev) = start_on(&f, MirrorOptions::new("job0"));
+    let done = ev.wait("BLOCK_JOB_COMPLETED", T);
+    let JobEvent::Completed { error, .. } = done else {
+        unreachable!()
+    };
+    assert_eq!(error.as_deref(), Some("Input/output error"));
+    ev.wait_status(JobStatus::Null, T);
+    let errs = errors(&ev);
+    assert!(
+        !errs.is_empty()
+            && errs
+                .iter()
+                .all(|e| *e == (IoOperation::Write, ErrorAction::Report)),
+        "{errs:?}"
+    );
+    assert!(ev.statuses().contains(&JobStatus::Aborting));
+    assert_eq!(f.disk.job_id(), None);
+    assert_eq!(f.disk.current().info().name, f.src.info().name);
+}
+
+#[test]
+fn source_read_errors_follow_on_source_error() {
+    let f = faulty("e-source", 8 << 20);
+    f.src.fail(FaultOp::Read, libc::EIO, 1.0, 2, 0, 1 << 20);
+    let mut o = MirrorOptions::new("job0");
+    o.on_source_error = ErrorPolicy::Ignore;
+    o.on_target_error = ErrorPolicy::Report;
+    let (job, mut ev) = start_on(&f, o);
+    ev.wait("BLOCK_JOB_READY", T);
+    assert_eq!(
+        errors(&ev),
+        vec![(IoOperation::Read, ErrorAction::Ignore); 2]
+    );
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert_files_equal(&f.s.src_path, &f.s.dst_path);
+}
+
+#[test]
+fn ignore_retries_and_completes() {
+    let f = faulty("e-ignore", 8 << 20);
+    // Seeded: about a third of the target writes fail, 20 times in all.
+    f.dst.fail(FaultOp::Write, libc::EIO, 0.3, 20, 0, u64::MAX);
+    let mut o = MirrorOptions::new("job0");
+    o.on_target_error = ErrorPolicy::Ignore;
+    o.buf_size = 1 << 20;
+    let (job, mut ev) = start_on(&f, o);
+    ev.wait("BLOCK_JOB_READY", T);
+    assert_eq!(f.dst.injected(), 20);
+    let errs = errors(&ev);
+    assert_eq!(errs.len(), 20, "{errs:?}");
+    assert!(errs
+        .iter()
+        .all(|e| *e == (IoOperation::Write, ErrorAction::Ignore)));
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert_files_equal(&f.s.src_path, &f.s.dst_path);
+}
+
+#[test]
+fn stop_pauses_with_io_status_and_resume_continues() {
+    for (errno, io_status, policy) in [
+        (libc::EIO, "failed", ErrorPolicy::Stop),
+        (libc::ENOSPC, "nospace", ErrorPolicy::Stop),
+        (libc::ENOSPC, "nospace", ErrorPolicy::Enospc),
+    ] {
+        let f = faulty("e-stop", 8 << 20);
+        f.dst
+            .fail(FaultOp::Write, errno, 1.0, u64::MAX, 4 << 20, 5 << 20);
+        let mut o = MirrorOptions::new("job0");
+        o.on_target_error = policy;
+        let (job, mut ev) = start_on(&f, o);
+        ev.wait("BLOCK_JOB_ERROR", T);
+        ev.wait_status(JobStatus::Paused, T);
+        let q = job.query();
+        assert!(
+            q.paused && q.io_status == io_status && q.status == JobStatus::Paused,
+            "{q:?}"
+        );
+        assert!(errors(&ev).iter().all(|e| e.1 == ErrorAction::Stop));
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            job.status(),
+            JobStatus::Paused,
+            "a stopped job stays paused"
+        );
+        f.dst.heal();
+        job.resume().unwrap();
+        ev.wait("BLOCK_JOB_READY", T);
+        assert_eq!(job.query().io_status, "ok");
+        job.complete().unwrap();
+        ev.wait("BLOCK_JOB_COMPLETED", T);
+        assert_files_equal(&f.s.src_path, &f.s.dst_path);
+    }
+}
+
+#[test]
+fn enospc_reports_other_errors() {
+    let f = faulty("e-enospc", 4 << 20);
+    f.dst
+        .fail(FaultOp::Write, libc::EIO, 1.0, u64::MAX, 0, u64::MAX);
+    let mut o = MirrorOptions::new("job0");
+    o.on_target_error = ErrorPolicy::Enospc;
+    let (_job, mut ev) = start_on(&f, o);
+    let JobEvent::Completed { error, .. } = ev.wait("BLOCK_JOB_COMPLETED", T) else {
+        unreachable!()
+    };
+    assert_eq!(error.as_deref(), Some("Input/output error"));
+    assert!(errors(&ev).iter().all(|e| e.1 == ErrorAction::Report));
+}
+
+#[test]
+fn errors_after_ready_keep_the_job_ready() {
+    let f = faulty("e-sticky", 4 << 20);
+    let mut o = MirrorOptions::new("job0");
+    o.on_target_error = ErrorPolicy::Ignore;
+    let (job, mut ev) = start_on(&f, o);
+    ev.wait("BLOCK_JOB_READY", T);
+    f.dst.fail(FaultOp::Write, libc::EIO, 1.0, 3, 0, u64::MAX);
+    use ringmirror_engine::BlockDeviceExt;
+    f.disk.write_at(8192, &[7u8; 8192], false).unwrap();
+    ev.wait("BLOCK_JOB_ERROR", T);
+    std::thread::sleep(Duration::from_millis(500));
+    let q = job.query();
+    assert!(
+        q.ready && q.status == JobStatus::Ready,
+        "READY is sticky: {q:?}"
+    );
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert_files_equal(&f.s.src_path, &f.s.dst_path);
+}
+
+#[test]
+fn force_cancel_ends_a_job_stuck_on_a_slow_failing_target_promptly() {
+    let f = faulty("e-stuck", 8 << 20);
+    f.dst.set_latency(Duration::from_millis(300));
+    f.dst
+        .fail(FaultOp::Write, libc::EIO, 1.0, u64::MAX, 0, u64::MAX);
+    let mut o = MirrorOptions::new("job0");
+    o.on_target_error = ErrorPolicy::Ignore;
+    let (job, mut ev) = start_on(&f, o);
+    ev.wait("BLOCK_JOB_ERROR", T);
+    let t = std::time::Instant::now();
+    job.cancel(true).unwrap();
+    ev.wait("BLOCK_JOB_CANCELLED", T);
+    // In-flight requests finish (300 ms each), nothing new starts.
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "cancel took {:?}",
+        t.elapsed()
+    );
+    ev.wait_status(JobStatus::Null, T);
+}
+
+#[test]
+fn write_blocking_target_errors_follow_the_policy() {
+    let f = faulty("e-active", 4 << 20);
+    let mut o = MirrorOptions::new("job0");
+    o.copy_mode = ringmirror_mirror::CopyMode::WriteBlocking;
+    o.on_target_error = ErrorPolicy::Ignore;
+    let (job, mut ev) = start_on(&f, o);
+    ev.wait("BLOCK_JOB_READY", T);
+    f.dst.fail(FaultOp::Write, libc::EIO, 1.0, 1, 0, u64::MAX);
+    use ringmirror_engine::BlockDeviceExt;
+    // The guest write succeeds (the source has it); the job copies it later.
+    f.disk.write_at(65536, &[9u8; 4096], false).unwrap();
+    ev.wait("BLOCK_JOB_ERROR", T);
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert_files_equal(&f.s.src_path, &f.s.dst_path);
+}
