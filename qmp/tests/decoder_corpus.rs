@@ -2,7 +2,9 @@
 //! same items; garbage followed by `\xFF` always resynchronises.
 
 use proptest::prelude::*;
-use ringmirror_qmp::json::{to_qemu_string, DecodeError, Decoded, Decoder, Limits};
+use ringmirror_qmp::json::{
+    check_decoder_invariants, to_qemu_string, DecodeError, Decoded, Decoder, Limits,
+};
 use serde_json::{json, Value};
 
 fn ok(v: Value) -> Decoded {
@@ -105,6 +107,21 @@ fn nasty_inputs_decode_like_qemu() {
             String::from_utf8_lossy(input)
         );
     }
+}
+
+#[test]
+fn fuzz_invariants_hold_on_the_corpus_and_the_fuzz_seeds() {
+    for (input, _) in corpus() {
+        check_decoder_invariants(input);
+    }
+    let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds");
+    let mut n = 0;
+    for entry in std::fs::read_dir(seeds).expect("fuzz seeds") {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        check_decoder_invariants(&data);
+        n += 1;
+    }
+    assert!(n >= 5, "fuzz seeds missing");
 }
 
 #[test]
@@ -280,6 +297,16 @@ proptest! {
         d.feed(render(&msg, 0).as_bytes(), &mut items);
         let last = items.last().cloned();
         prop_assert!(matches!(&last, Some(Ok(v)) if float_tolerant_eq(v, &msg)), "{:?}", last);
+    }
+
+    #[test]
+    fn fuzz_invariants_hold_on_random_input(
+        data in prop::collection::vec(prop_oneof![
+            any::<u8>(),
+            prop::sample::select(b"{}[]:,\"'\\ \n0123456789.eE-+truefalsnu\xff".to_vec()),
+        ], 0..300),
+    ) {
+        check_decoder_invariants(&data);
     }
 
     #[test]

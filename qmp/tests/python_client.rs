@@ -29,7 +29,10 @@ fn qemu_qmp_python_client_drives_the_monitor() {
     );
 
     let (monitor, path) = start("python");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/qmp_client_check.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/qmp_client_check.py"
+    );
     let out = Command::new(&py)
         .arg(script)
         .arg(&path)
@@ -46,7 +49,10 @@ fn qemu_qmp_python_client_drives_the_monitor() {
     // The script ended with quit: the monitor stopped and removed its socket.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !monitor.is_stopped() {
-        assert!(std::time::Instant::now() < deadline, "monitor did not stop after quit");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "monitor did not stop after quit"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(!path.exists());

@@ -2,6 +2,7 @@
 //! wording, and a writer with QEMU's formatting.
 
 mod decoder;
+mod invariants;
 mod lexer;
 pub(crate) mod order;
 mod parser;
@@ -9,4 +10,6 @@ mod utf8;
 mod writer;
 
 pub use decoder::{DecodeError, Decoded, Decoder, Limits};
+#[doc(hidden)]
+pub use invariants::check_decoder_invariants;
 pub use writer::{to_qemu_string, write_value};
