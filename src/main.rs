@@ -4,6 +4,7 @@
 
 mod copy;
 mod progress;
+mod serve;
 mod signals;
 mod units;
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Copy a disk image or block device, sparse-aware, at the disk's limit.
     Copy(copy::CopyArgs),
+    /// Serve disks over NBD with a QMP monitor (a qemu-storage-daemon drop-in).
+    Serve(serve::ServeArgs),
 }
 
 /// An error for the user: one line, and an exit code.
@@ -52,6 +55,7 @@ fn main() {
     let cli = Cli::parse();
     let (name, res) = match cli.command {
         Command::Copy(a) => ("copy", copy::run(a)),
+        Command::Serve(a) => ("serve", serve::run(a)),
     };
     if let Err(e) = res {
         eprintln!("ringmirror {name}: {}", e.message);

@@ -222,7 +222,7 @@ impl Coordinator {
         // while pending.
         s.ready = matches!(self.status, JobStatus::Ready | JobStatus::Standby);
         s.paused = self.paused() || self.status == JobStatus::Pending;
-        s.busy = !self.copies.is_empty() || (!self.paused() && !self.status.is_finished());
+        s.busy = !self.copies.is_empty() || self.flushing;
         s.io_status = self.io_status;
         s.error = self.error.clone();
         s.speed = self.limiter.rate();
