@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 mod copy;
+mod mirror_cmd;
 mod progress;
+mod qmp_client;
 mod serve;
 mod signals;
 mod units;
@@ -22,6 +24,8 @@ struct Cli {
 enum Command {
     /// Copy a disk image or block device, sparse-aware, at the disk's limit.
     Copy(copy::CopyArgs),
+    /// Mirror a disk live, with progress: on a running daemon, or two images.
+    Mirror(mirror_cmd::MirrorArgs),
     /// Serve disks over NBD with a QMP monitor (a qemu-storage-daemon drop-in).
     Serve(serve::ServeArgs),
 }
@@ -56,6 +60,7 @@ fn main() {
     let (name, res) = match cli.command {
         Command::Copy(a) => ("copy", copy::run(a)),
         Command::Serve(a) => ("serve", serve::run(a)),
+        Command::Mirror(a) => ("mirror", mirror_cmd::run(a)),
     };
     if let Err(e) = res {
         eprintln!("ringmirror {name}: {}", e.message);
