@@ -71,8 +71,11 @@ struct Snapshot {
     offset: u64,
 }
 
+/// Events since the last poll (name, data), and the job's state now.
+type Polled = (Vec<(String, Value)>, Option<Snapshot>);
+
 trait Backend {
-    fn poll(&mut self, wait: Duration) -> Result<(Vec<(String, Value)>, Option<Snapshot>), String>;
+    fn poll(&mut self, wait: Duration) -> Result<Polled, String>;
     fn complete(&mut self) -> Result<(), String>;
     fn cancel(&mut self, force: bool) -> Result<(), String>;
 }
@@ -83,7 +86,7 @@ struct Remote {
 }
 
 impl Backend for Remote {
-    fn poll(&mut self, wait: Duration) -> Result<(Vec<(String, Value)>, Option<Snapshot>), String> {
+    fn poll(&mut self, wait: Duration) -> Result<Polled, String> {
         let mut events = Vec::new();
         let deadline = Instant::now() + wait;
         while let Some(ev) = self
@@ -128,7 +131,7 @@ struct Local {
 }
 
 impl Backend for Local {
-    fn poll(&mut self, wait: Duration) -> Result<(Vec<(String, Value)>, Option<Snapshot>), String> {
+    fn poll(&mut self, wait: Duration) -> Result<Polled, String> {
         let mut out = Vec::new();
         if let Ok(ev) = self.events.recv_timeout(wait) {
             out.push((ev.name().to_string(), ev.data()));
