@@ -144,10 +144,12 @@ impl MonitorBuilder {
 
     /// Binds the socket and starts serving.
     pub fn bind(self, handler: Arc<dyn Handler>) -> Result<Monitor, MonitorError> {
-        let (listener, file_id) = socket::bind(&self.path)?;
+        // Absolute, so that stopping (which connects to it) works after a chdir.
+        let path = std::path::absolute(&self.path).unwrap_or(self.path);
+        let (listener, file_id) = socket::bind(&path)?;
         let handler_commands = handler.commands();
         let shared = Arc::new(Shared {
-            path: self.path,
+            path,
             file_id,
             handler,
             handler_commands,
@@ -227,6 +229,9 @@ impl Shared {
     }
 
     /// Asks the accept thread to stop and tear down; returns at once.
+    ///
+    /// The accept thread is woken by connecting to the socket path: if someone else removed
+    /// or replaced the socket file meanwhile, it wakes only at the next connection attempt.
     pub(crate) fn request_stop(&self) {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
