@@ -9,13 +9,14 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use ringmirror_engine::{BlockDevice, OpenOptions};
 use ringmirror_mirror::{
-    CopyMode, ErrorPolicy, JobError, JobEvent, MirrorError, MirrorJob, MirrorOptions, SyncMode,
+    CopyMode, ErrorPolicy, JobError, JobEvent, JobStatus, MirrorError, MirrorJob, MirrorOptions,
+    SyncMode,
 };
 use ringmirror_qmp::{Args, Emitter, QmpError};
 use serde_json::Value;
 
 use super::nodes::valid_node_name;
-use super::state::{JobEntry, Node, State};
+use super::state::{Emitted, JobEntry, Node, State};
 
 const POLICIES: &[&str] = &["report", "ignore", "enospc", "stop", "auto"];
 
@@ -144,15 +145,30 @@ fn start(
         if device == target || Arc::ptr_eq(&st.nodes[&device].dev, &tgt.dev) {
             return Err(QmpError::generic("Can't mirror node into itself"));
         }
+        // QEMU: a job's source sits under its mirror_top filter and its
+        // target under the job, so neither is a root node any more.
+        let dev = &st.nodes[&device].dev;
+        if st.jobs.values().any(|j| {
+            !j.job.is_finished() && (j.target_node == device || Arc::ptr_eq(&j.disk.current(), dev))
+        }) {
+            return Err(QmpError::generic("Need a root block node"));
+        }
         if let Some(user) = st.node_user(&target) {
             return Err(QmpError::generic(user));
         }
         let target_dev = tgt.dev.clone();
         (st.disk_for(&device)?, target_dev)
     };
-    let sink_emitter = emitter.clone();
+    // QSD emits `running` (and, when there is nothing to copy, `ready` and
+    // BLOCK_JOB_READY) before the blockdev-mirror reply: the job coroutine
+    // runs until its first yield inside the command. Here the job's thread
+    // emits them, so the reply waits until they have been emitted.
+    let instant_ready = sync == SyncMode::None || disk.size() == 0;
+    let emitted = Arc::new(Emitted::default());
+    let (sink_emitter, seen) = (emitter.clone(), emitted.clone());
     let sink = Arc::new(move |ev: &JobEvent| {
         sink_emitter.emit(ev.name(), ev.data());
+        seen.note(ev);
     });
     let job = MirrorJob::start(&disk, target_dev, opts, Some(sink)).map_err(|e| match e {
         MirrorError::InvalidOption(m) | MirrorError::Busy(m) | MirrorError::Start(m) => {
@@ -160,12 +176,18 @@ fn start(
         }
         other => QmpError::generic(other.to_string()),
     })?;
+    emitted.wait(|status, ready| match status {
+        None | Some(JobStatus::Created) => false,
+        Some(JobStatus::Running | JobStatus::Ready) => ready || !instant_ready,
+        Some(_) => true,
+    });
     state.lock().jobs.insert(
         job_id,
         JobEntry {
             job,
             disk,
             target_node: target,
+            emitted,
         },
     );
     Ok(Value::Null)
@@ -294,6 +316,10 @@ fn find(state: &Mutex<State>, id: &str, fam: Family) -> Result<MirrorJob, QmpErr
         })
 }
 
+fn emitted_of(state: &Mutex<State>, id: &str) -> Option<Arc<Emitted>> {
+    state.lock().jobs.get(id).map(|j| j.emitted.clone())
+}
+
 fn verb_err(e: JobError) -> QmpError {
     QmpError::generic(e.to_string())
 }
@@ -366,7 +392,15 @@ pub fn verb(state: &Mutex<State>, command: &str, mut args: Args) -> Result<Value
                 // job-cancel always forces, as in QEMU.
                 "cancel" => run(job, |j| j.cancel(true)),
                 "complete" => run(job, MirrorJob::complete),
-                "finalize" => run(job, MirrorJob::finalize),
+                "finalize" => {
+                    // QSD sends COMPLETED and `concluded` before the reply
+                    // (a client may dismiss right after it).
+                    run(job, MirrorJob::finalize)?;
+                    if let Some(e) = emitted_of(state, &id) {
+                        e.wait(|s, _| matches!(s, Some(JobStatus::Concluded | JobStatus::Null)));
+                    }
+                    Ok(Value::Null)
+                }
                 "dismiss" => run(job, MirrorJob::dismiss),
                 _ => Err(QmpError::unknown_command(command)),
             }

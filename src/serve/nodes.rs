@@ -228,6 +228,14 @@ pub fn blockdev_del(st: &mut State, mut args: Args) -> Result<Value, QmpError> {
             "Failed to find node with node-name='{name}'"
         )));
     }
+    // QEMU's wording for a job's target (held by the job's BlockBackend).
+    if st
+        .jobs
+        .values()
+        .any(|j| j.target_node == name && !j.job.is_finished())
+    {
+        return Err(QmpError::generic(format!("Node {name} is in use")));
+    }
     if let Some(user) = st.node_user(&name) {
         return Err(QmpError::generic(user));
     }

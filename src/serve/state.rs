@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ringmirror_engine::{BlockDevice, DeviceOpener};
-use ringmirror_mirror::{Disk, MirrorJob};
+use ringmirror_mirror::{Disk, JobEvent, JobStatus, MirrorJob};
 use ringmirror_nbd::NbdServer;
 use ringmirror_qmp::QmpError;
 
@@ -53,6 +53,43 @@ pub struct JobEntry {
     pub job: MirrorJob,
     pub disk: Arc<Disk>,
     pub target_node: String,
+    /// What the job's event sink has emitted so far.
+    pub emitted: Arc<Emitted>,
+}
+
+/// The last job status (and whether BLOCK_JOB_READY) the job's event sink
+/// has emitted. A command whose reply QSD sends only after the events it
+/// causes (blockdev-mirror, job-finalize) waits on this: the job's own
+/// status is published before its events go out.
+#[derive(Default)]
+pub struct Emitted {
+    seen: parking_lot::Mutex<(Option<JobStatus>, bool)>,
+    changed: parking_lot::Condvar,
+}
+
+impl Emitted {
+    /// Called by the sink after emitting `ev`.
+    pub fn note(&self, ev: &JobEvent) {
+        let mut g = self.seen.lock();
+        match ev {
+            JobEvent::StatusChange { status, .. } => g.0 = Some(*status),
+            JobEvent::Ready { .. } => g.1 = true,
+            _ => return,
+        }
+        self.changed.notify_all();
+    }
+
+    /// Wait (up to 30 s, only against a stuck job) until `pred(last status,
+    /// READY emitted)` holds.
+    pub fn wait(&self, pred: impl Fn(Option<JobStatus>, bool) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut g = self.seen.lock();
+        while !pred(g.0, g.1) {
+            if self.changed.wait_until(&mut g, deadline).timed_out() {
+                return;
+            }
+        }
+    }
 }
 
 /// Everything behind the daemon's lock.

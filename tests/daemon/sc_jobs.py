@@ -1,0 +1,519 @@
+"""Mirror job scenarios: complete, cancel, pause/resume, pending, sync none,
+write-blocking, drive-mirror, quit with a job running."""
+
+import asyncio
+
+from rmtest import (MiB, KiB, Failure, assert_same_file, check, eq, file_node, make_blank,
+                    make_source, mirror_args, qemu_img_compare, read_range)
+
+SIZE = 32 * MiB
+
+# The job's events, from blockdev-mirror to the end, for the usual endings.
+START = ["created", "running"]
+COMPLETE_TAIL = ["waiting", "pending", "COMPLETED", "concluded", "null"]
+CANCEL_TAIL = ["aborting", "CANCELLED", "concluded", "null"]
+
+
+def final_event_ok(data, job="job0", speed=0):
+    eq(sorted(data), ["device", "len", "offset", "speed", "type"], "final event keys")
+    eq((data["device"], data["type"], data["speed"]), (job, "mirror", speed), "final event fields")
+
+
+async def start_mirror(d, **kw):
+    """blockdev-mirror; created and running must precede the reply (QSD emits
+    both synchronously in the command)."""
+    since = d.mark()
+    await d.ret("blockdev-mirror", mirror_args(**kw))
+    job = kw.get("job", "job0")
+    eq(d.seq(job, since, replies=True)[:3], ["created", "running", "<blockdev-mirror>"],
+       "events before the blockdev-mirror reply")
+    return since
+
+
+# ---------------------------------------------------------------------------
+
+async def sc_complete(ctx):
+    """sync=full with qemu-io writes through the export before and after
+    READY; complete; the export follows the target; the images are identical
+    at the switch; later writes land in the target file only."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    src, tgt = d.p("src.raw"), d.p("tgt.raw")
+    since = await start_mirror(d, speed=2 * MiB)
+    await d.wait_status("job0", "running")
+    # Before READY (the speed limit keeps the job in phase 1): into the part
+    # copied first, into the hole and near the end.
+    writes = [(0xab, 1 * MiB, 64 * KiB), (0xac, 25 * MiB, 64 * KiB), (0xad, 30 * MiB, 128 * KiB)]
+    for pat, off, n in writes[:2]:
+        await d.qemu_io(f"write -P {pat:#x} {off} {n}")
+    j = await d.query_job()
+    eq((j["status"], j["ready"], j["speed"], j["type"]), ("running", False, 2 * MiB, "mirror"),
+       "query-block-jobs while running")
+    check(d.seq("job0", since)[-1] == "running", f"READY too early: {d.seq()}")
+    await d.qemu_io("write -P 0xad %d %d" % writes[2][1:])
+    await d.ret("block-job-set-speed", {"device": "job0", "speed": 0})
+    ready = await d.wait_event("BLOCK_JOB_READY")
+    eq(sorted(ready), ["device", "len", "offset", "speed", "type"], "READY keys")
+    eq((ready["device"], ready["type"], ready["speed"]), ("job0", "mirror", 0), "READY fields")
+    eq(ready["len"], ready["offset"], "READY: offset == len")
+    check(ready["len"] >= SIZE, f"READY len {ready['len']} < image size")
+    j = await d.query_job()
+    eq((j["status"], j["ready"], j["paused"], j["io-status"]), ("ready", True, False, "ok"),
+       "query-block-jobs in ready")
+    # After READY.
+    writes += [(0xae, 2 * MiB, 64 * KiB), (0xaf, SIZE - 4 * KiB, 4 * KiB), (0xb0, 12345, 777)]
+    for pat, off, n in writes[3:]:
+        await d.qemu_io(f"write -P {pat:#x} {off} {n}")
+    eq(d.seq("job0", since), START + ["ready", "READY"], "job events before complete")
+    await d.ret("block-job-complete", {"device": "job0"})
+    done = await d.wait_event("BLOCK_JOB_COMPLETED")
+    await d.wait_status("job0", "null")
+    eq(d.seq("job0", since), START + ["ready", "READY"] + COMPLETE_TAIL, "job events")
+    final_event_ok(done)
+    eq(done["len"], done["offset"], "COMPLETED: offset == len")
+    # Identical at the switch (nothing has written since).
+    assert_same_file(src, tgt, "source and target after complete")
+    await qemu_img_compare(src, tgt)
+    for pat, off, n in writes:
+        eq(read_range(tgt, off, n), bytes([pat]) * n, f"guest write {pat:#x} at {off} on target")
+    eq(await d.ret("query-block-jobs"), [], "query-block-jobs after the job")
+    eq(await d.ret("query-jobs"), [], "query-jobs after the job")
+    eq(await d.export_node(), "tgt", "export exp0's node after complete")
+    before_src = read_range(src, 0, 64 * KiB)
+    await d.qemu_io("write -P 0x77 0 64k")
+    eq(read_range(tgt, 0, 64 * KiB), b"\x77" * 64 * KiB, "write after complete on target file")
+    eq(read_range(src, 0, 64 * KiB), before_src, "source file untouched after complete")
+    await d.quit()
+
+
+async def sc_cancel_before_ready(ctx):
+    """Soft cancel while running (speed-limited) is a force cancel:
+    aborting -> CANCELLED -> concluded -> null, no waiting/pending."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    since = await start_mirror(d, speed=1 * MiB)
+    await d.wait_status("job0", "running")
+    await asyncio.sleep(0.3)
+    j = await d.query_job()
+    eq((j["status"], j["ready"], j["speed"]), ("running", False, MiB), "query while running")
+    check(j["offset"] < j["len"], f"job already done before cancel: {j}")
+    await d.ret("block-job-cancel", {"device": "job0"})
+    ev = await d.wait_event("BLOCK_JOB_CANCELLED")
+    await d.wait_status("job0", "null")
+    eq(d.seq("job0", since), START + CANCEL_TAIL, "job events")
+    final_event_ok(ev, speed=MiB)
+    check(ev["offset"] < ev["len"], f"CANCELLED: a speed-limited job cannot be done: {ev}")
+    eq(await d.ret("query-block-jobs"), [], "no job after cancel")
+    eq(await d.export_node(), "src", "export stays on the source")
+    # The source is unharmed and still served.
+    await d.qemu_io("write -P 0x42 0 4k")
+    eq(read_range(d.p("src.raw"), 0, 4096), b"\x42" * 4096, "write after cancel on source")
+    await d.quit()
+
+
+async def sc_force_cancel_ready(ctx):
+    """Force cancel in READY: CANCELLED (not COMPLETED), export stays on src."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    since = await start_mirror(d)
+    await d.wait_event("BLOCK_JOB_READY")
+    await d.ret("block-job-cancel", {"device": "job0", "force": True})
+    ev = await d.wait_event("BLOCK_JOB_CANCELLED")
+    await d.wait_status("job0", "null")
+    eq(d.seq("job0", since), START + ["ready", "READY"] + CANCEL_TAIL, "job events")
+    final_event_ok(ev)
+    eq(ev["len"], ev["offset"], "CANCELLED in ready: offset == len")
+    eq(d.events(since, {"BLOCK_JOB_COMPLETED"}), [], "no COMPLETED")
+    eq(await d.export_node(), "src", "export stays on the source")
+    await d.qemu_io("write -P 0x55 0 64k")
+    eq(read_range(d.p("src.raw"), 0, 64 * KiB), b"\x55" * 64 * KiB, "later write on source")
+    await d.quit()
+
+
+async def sc_soft_cancel_ready(ctx):
+    """Soft cancel in READY: COMPLETED without switch; the target is a
+    consistent copy (identical to the source), the export stays on src and
+    later writes go to src only."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    src, tgt = d.p("src.raw"), d.p("tgt.raw")
+    since = await start_mirror(d)
+    await d.wait_event("BLOCK_JOB_READY")
+    await d.qemu_io("write -P 0x3e 5M 1M")
+    await d.ret("block-job-cancel", {"device": "job0"})
+    ev = await d.wait_event("BLOCK_JOB_COMPLETED")
+    await d.wait_status("job0", "null")
+    eq(d.seq("job0", since), START + ["ready", "READY"] + COMPLETE_TAIL, "job events")
+    final_event_ok(ev)
+    eq(d.events(since, {"BLOCK_JOB_CANCELLED"}), [], "no CANCELLED on soft cancel in ready")
+    eq(await d.export_node(), "src", "export stays on the source")
+    assert_same_file(src, tgt, "point-in-time copy after soft cancel")
+    await qemu_img_compare(src, tgt)
+    before = read_range(tgt, 0, 64 * KiB)
+    await d.qemu_io("write -P 0x66 0 64k")
+    eq(read_range(src, 0, 64 * KiB), b"\x66" * 64 * KiB, "later write on source")
+    eq(read_range(tgt, 0, 64 * KiB), before, "later write not on target")
+    await d.quit()
+
+
+async def sc_pause_resume(ctx):
+    """Pause/resume while running (paused) and in ready (standby), the
+    generic job-* verbs too; set-speed shows in query; progress is frozen
+    while paused; complete in standby takes effect on resume."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    since = await start_mirror(d, speed=2 * MiB)
+    await d.wait_status("job0", "running")
+    await asyncio.sleep(0.2)
+    mark = d.mark()
+    await d.ret("block-job-pause", {"device": "job0"})
+    await d.wait_status("job0", "paused")
+    j = await d.query_job()
+    eq((j["status"], j["paused"], j["ready"], j["busy"]), ("paused", True, False, False),
+       "query while paused")
+    await d.ret("block-job-set-speed", {"device": "job0", "speed": 3 * MiB})
+    eq((await d.query_job())["speed"], 3 * MiB, "set-speed while paused shows in query")
+    frozen = (await d.query_job())["offset"]
+    qj = await d.query_jobs_entry()
+    eq((qj["status"], qj["type"], qj["current-progress"]), ("paused", "mirror", frozen),
+       "query-jobs while paused")
+    await asyncio.sleep(1.0)
+    eq((await d.query_job())["offset"], frozen, "offset while paused")
+    check(frozen < SIZE, f"paused job already done: {frozen}")
+    await d.ret("block-job-resume", {"device": "job0"})
+    await d.wait_status("job0", "running")
+    eq(d.seq("job0", mark), ["paused", "running"], "pause/resume events while running")
+    j = await d.query_job()
+    eq((j["status"], j["paused"], j["speed"]), ("running", False, 3 * MiB), "query after resume")
+    # Progress moves again.
+    deadline = asyncio.get_running_loop().time() + 20
+    while (await d.query_job())["offset"] == frozen:
+        check(asyncio.get_running_loop().time() < deadline, "no progress after resume")
+        await asyncio.sleep(0.1)
+    await d.ret("block-job-set-speed", {"device": "job0", "speed": 0})
+    eq((await d.query_job())["speed"], 0, "set-speed 0 shows in query")
+    await d.wait_event("BLOCK_JOB_READY")
+
+    # In ready: pause -> standby, resume -> ready; both verb families.
+    for pause, resume, key in (("block-job-pause", "block-job-resume", "device"),
+                               ("job-pause", "job-resume", "id")):
+        mark = d.mark()
+        await d.ret(pause, {key: "job0"})
+        await d.wait_status("job0", "standby")
+        j = await d.query_job()
+        eq((j["status"], j["paused"], j["ready"]), ("standby", True, True), "query in standby")
+        eq((await d.query_jobs_entry())["status"], "standby", "query-jobs in standby")
+        await d.ret(resume, {key: "job0"})
+        await d.wait_status("job0", "ready")
+        eq(d.seq("job0", mark), ["standby", "ready"], f"{pause}/{resume} in ready")
+        j = await d.query_job()
+        eq((j["status"], j["paused"], j["ready"]), ("ready", False, True), "query after resume")
+
+    # Writes while in standby are mirrored after resume.
+    await d.ret("block-job-pause", {"device": "job0"})
+    await d.wait_status("job0", "standby")
+    await d.qemu_io("write -P 0x99 3M 256k")
+    # complete in standby: accepted, takes effect on resume.
+    await d.ret("block-job-complete", {"device": "job0"})
+    await asyncio.sleep(0.5)
+    eq((await d.query_job())["status"], "standby", "complete in standby waits for resume")
+    mark = d.mark()
+    await d.ret("block-job-resume", {"device": "job0"})
+    ev = await d.wait_event("BLOCK_JOB_COMPLETED")
+    await d.wait_status("job0", "null")
+    eq(d.seq("job0", mark), ["ready"] + COMPLETE_TAIL, "resume after complete in standby")
+    final_event_ok(ev)
+    eq(len(d.events(since, {"BLOCK_JOB_READY"})), 1, "one READY only")
+    eq(await d.export_node(), "tgt", "export on target after complete")
+    assert_same_file(d.p("src.raw"), d.p("tgt.raw"), "images after complete")
+    await d.quit()
+
+
+async def sc_complete_twice_in_standby(ctx):
+    """QSD accepts block-job-complete in standby, and accepts it again (it
+    only sets should_complete; tests/reference/qsd/wrong-verbs.json); on
+    resume the job completes with no second READY."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    since = await start_mirror(d)
+    await d.wait_event("BLOCK_JOB_READY")
+    await d.ret("job-pause", {"id": "job0"})
+    await d.wait_status("job0", "standby")
+    await d.ret("block-job-complete", {"device": "job0"})
+    await d.ret("job-complete", {"id": "job0"})
+    await d.ret("block-job-complete", {"device": "job0"})
+    eq((await d.query_job())["status"], "standby", "still in standby")
+    await d.ret("job-resume", {"id": "job0"})
+    await d.wait_status("job0", "null")
+    eq(d.seq("job0", since), START + ["ready", "READY", "standby", "ready"] + COMPLETE_TAIL,
+       "job events")
+    eq(await d.export_node(), "tgt", "export on target")
+    assert_same_file(d.p("src.raw"), d.p("tgt.raw"), "images")
+    await d.quit()
+
+
+async def sc_auto_finalize_false(ctx):
+    """auto-finalize/auto-dismiss false: pending + BLOCK_JOB_PENDING, wrong
+    verbs while pending and concluded, job-finalize, job-dismiss; a write
+    acknowledged through the export while pending is on the target after
+    finalize (QEMU 10.0 loses it)."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    src, tgt = d.p("src.raw"), d.p("tgt.raw")
+    since = await start_mirror(d, **{"auto-finalize": False, "auto-dismiss": False})
+    await d.wait_event("BLOCK_JOB_READY")
+    j = await d.query_job()
+    eq((j["auto-finalize"], j["auto-dismiss"]), (False, False), "query shows the options")
+    await d.ret("block-job-complete", {"device": "job0"})
+    pend = await d.wait_event("BLOCK_JOB_PENDING")
+    eq(pend, {"type": "mirror", "id": "job0"}, "BLOCK_JOB_PENDING data")
+    eq(d.seq("job0", since), START + ["ready", "READY", "waiting", "pending", "PENDING"],
+       "events up to pending")
+    j = await d.query_job()
+    eq((j["status"], j["ready"], j["paused"]), ("pending", False, True), "query in pending")
+    eq((await d.query_jobs_entry())["status"], "pending", "query-jobs in pending")
+    for cmd, args, verb in (("block-job-complete", {"device": "job0"}, "complete"),
+                            ("job-dismiss", {"id": "job0"}, "dismiss"),
+                            ("block-job-pause", {"device": "job0"}, "pause"),
+                            ("block-job-set-speed", {"device": "job0", "speed": 1}, "set-speed")):
+        await d.err(cmd, args, f"Job 'job0' in state 'pending' cannot accept command verb '{verb}'")
+    # The data-loss window of QEMU 10.0: a write acknowledged while pending.
+    await d.qemu_io("write -P 0x5a 1M 64k")
+    await d.qemu_io("write -P 0x5b 20M 4k")
+    mark = d.mark()
+    await d.ret("job-finalize", {"id": "job0"})
+    eq(d.seq("job0", mark, replies=True), ["COMPLETED", "concluded", "<job-finalize>"],
+       "job-finalize: COMPLETED and concluded before the reply")
+    j = await d.query_job()
+    eq((j["status"], j["paused"], j["ready"]), ("concluded", False, False), "query in concluded")
+    eq(read_range(tgt, 1 * MiB, 64 * KiB), b"\x5a" * 64 * KiB,
+       "write acknowledged while pending is on the target file after finalize")
+    eq(read_range(tgt, 20 * MiB, 4 * KiB), b"\x5b" * 4 * KiB, "second pending write on target")
+    rc, out, err = await d.qemu_io("read -P 0x5a 1M 64k")
+    check("Pattern verification failed" not in out + err, f"export lost the write: {out}{err}")
+    eq(await d.export_node(), "tgt", "export on target after finalize")
+    assert_same_file(src, tgt, "images after finalize")
+    for cmd, args, verb in (("job-finalize", {"id": "job0"}, "finalize"),
+                            ("block-job-cancel", {"device": "job0"}, "cancel"),
+                            ("job-cancel", {"id": "job0"}, "cancel"),
+                            ("job-pause", {"id": "job0"}, "pause")):
+        await d.err(cmd, args, f"Job 'job0' in state 'concluded' cannot accept command verb '{verb}'")
+    mark = d.mark()
+    await d.ret("job-dismiss", {"id": "job0"})
+    eq(d.seq("job0", mark, replies=True), ["null", "<job-dismiss>"], "job-dismiss")
+    eq(await d.ret("query-jobs"), [], "no job after dismiss")
+    eq(d.seq("job0", since), START + ["ready", "READY", "waiting", "pending", "PENDING",
+                                      "COMPLETED", "concluded", "null"], "all job events")
+    await d.quit()
+
+
+async def sc_sync_none(ctx):
+    """sync=none: READY at once with len=offset=0 (before the reply); only
+    writes made after the start reach the target."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    tgt = d.p("tgt.raw")
+    since = d.mark()
+    await d.ret("blockdev-mirror", mirror_args(sync="none"))
+    eq(d.seq("job0", since, replies=True),
+       ["created", "running", "ready", "READY", "<blockdev-mirror>"], "sync=none start")
+    ready = d.event("BLOCK_JOB_READY", since=since)
+    eq((ready["len"], ready["offset"]), (0, 0), "READY progress with sync=none")
+    await d.qemu_io("write -P 0x3c 2M 1M")
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        j = await d.query_job()
+        if j["offset"] == j["len"] == MiB:
+            break
+        check(asyncio.get_running_loop().time() < deadline, f"progress after a 1 MiB write: {j}")
+        await asyncio.sleep(0.05)
+    await d.ret("block-job-complete", {"device": "job0"})
+    await d.wait_status("job0", "null")
+    eq(d.seq("job0", since), START + ["ready", "READY"] + COMPLETE_TAIL, "job events")
+    eq(read_range(tgt, 2 * MiB, MiB), b"\x3c" * MiB, "the write is on the target")
+    eq(read_range(tgt, 0, 2 * MiB), bytes(2 * MiB), "unwritten data not copied")
+    eq(read_range(tgt, 3 * MiB, MiB), bytes(MiB), "unwritten data not copied")
+    eq(read_range(tgt, SIZE - MiB, MiB), bytes(MiB), "unwritten data not copied")
+    eq(await d.export_node(), "tgt", "export on target")
+    await d.quit()
+
+
+async def sc_write_blocking(ctx):
+    """copy-mode write-blocking: actively-synced false while running and true
+    in ready; a write in ready is on the target file when qemu-io returns;
+    block-job-change background -> write-blocking while running, with QEMU's
+    errors for the other changes."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    src, tgt = d.p("src.raw"), d.p("tgt.raw")
+    since = await start_mirror(d, speed=2 * MiB, **{"copy-mode": "write-blocking"})
+    await d.wait_status("job0", "running")
+    j = await d.query_job()
+    eq((j["status"], j["actively-synced"]), ("running", False), "write-blocking while running")
+    await d.ret("block-job-set-speed", {"device": "job0", "speed": 0})
+    await d.wait_event("BLOCK_JOB_READY")
+    deadline = asyncio.get_running_loop().time() + 20
+    while not (await d.query_job())["actively-synced"]:
+        check(asyncio.get_running_loop().time() < deadline, "actively-synced never true in ready")
+        await asyncio.sleep(0.05)
+    for i, off in enumerate((4 * MiB, 26 * MiB, 31 * MiB + 512)):
+        pat = 0x11 + i
+        await d.qemu_io(f"write -P {pat:#x} {off} 64k")
+        eq(read_range(tgt, off, 64 * KiB), bytes([pat]) * 64 * KiB,
+           f"write-blocking: write at {off} on the target when qemu-io returned")
+    j = await d.query_job()
+    eq((j["status"], j["actively-synced"]), ("ready", True), "still synced after writes")
+    await d.ret("block-job-complete", {"device": "job0"})
+    await d.wait_status("job0", "null")
+    eq(d.seq("job0", since), START + ["ready", "READY"] + COMPLETE_TAIL, "job0 events")
+    assert_same_file(src, tgt, "images after write-blocking job")
+
+    # job1: background, switched to write-blocking while running.
+    make_source(d.p("src2.raw"), SIZE, seed=77)
+    make_blank(d.p("tgt2.raw"), SIZE)
+    await d.ret("blockdev-add", file_node("src2", d.p("src2.raw")))
+    await d.ret("blockdev-add", file_node("tgt2", d.p("tgt2.raw")))
+    await d.ret("nbd-server-add", {"device": "src2", "writable": True})
+    since = await start_mirror(d, job="job1", device="src2", target="tgt2", speed=2 * MiB)
+    await d.wait_status("job1", "running")
+    eq((await d.query_job("job1"))["actively-synced"], False, "background job")
+    change = {"id": "job1", "type": "mirror", "copy-mode": "write-blocking"}
+    await d.ret("block-job-change", change)
+    await d.ret("block-job-change", change)  # the same mode again: no-op
+    await d.err("block-job-change", dict(change, **{"copy-mode": "background"}),
+                "Change to copy mode 'background' is not implemented")
+    await d.err("block-job-change", {"id": "job1", "type": "mirror"},
+                "Parameter 'copy-mode' is missing")
+    eq((await d.query_job("job1"))["actively-synced"], False, "not synced before ready")
+    await d.ret("block-job-set-speed", {"device": "job1", "speed": 0})
+    await d.wait_event("BLOCK_JOB_READY", lambda e: e["device"] == "job1")
+    deadline = asyncio.get_running_loop().time() + 20
+    while not (await d.query_job("job1"))["actively-synced"]:
+        check(asyncio.get_running_loop().time() < deadline, "job1 never actively synced")
+        await asyncio.sleep(0.05)
+    await d.qemu_io("write -P 0x21 8M 128k", export="src2")
+    eq(read_range(d.p("tgt2.raw"), 8 * MiB, 128 * KiB), b"\x21" * 128 * KiB,
+       "after block-job-change: write on target when qemu-io returned")
+    await d.ret("block-job-complete", {"device": "job1"})
+    await d.wait_status("job1", "null")
+    eq(d.seq("job1", since), START + ["ready", "READY"] + COMPLETE_TAIL, "job1 events")
+    assert_same_file(d.p("src2.raw"), d.p("tgt2.raw"), "images of job1")
+    await d.quit()
+
+
+async def sc_drive_mirror(ctx):
+    """drive-mirror with mode absolute-paths (creates the target file) and
+    mode existing; job-id defaults to the device name."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    src, new = d.p("src.raw"), d.p("created.raw")
+    check(not new.exists(), "target must not exist yet")
+    since = d.mark()
+    await d.ret("drive-mirror", {"device": "src", "target": str(new), "sync": "full",
+                                 "format": "raw", "mode": "absolute-paths"})
+    eq(d.seq("src", since, replies=True)[:3], ["created", "running", "<drive-mirror>"],
+       "drive-mirror start (job id = device name)")
+    check(new.exists(), "drive-mirror absolute-paths created the target")
+    eq(new.stat().st_size, SIZE, "created target's size")
+    await d.wait_event("BLOCK_JOB_READY", lambda e: e["device"] == "src")
+    await d.qemu_io("write -P 0x31 7M 64k")
+    await d.ret("block-job-complete", {"device": "src"})
+    await d.wait_status("src", "null")
+    eq(d.seq("src", since), START + ["ready", "READY"] + COMPLETE_TAIL, "drive-mirror events")
+    assert_same_file(src, new, "drive-mirror absolute-paths copy")
+    eq(read_range(new, 7 * MiB, 64 * KiB), b"\x31" * 64 * KiB, "guest write on created target")
+    node = await d.export_node()
+    check(node != "src", f"export still on src after drive-mirror complete: {node}")
+    await d.qemu_io("write -P 0x32 0 4k")
+    eq(read_range(new, 0, 4096), b"\x32" * 4096, "export writes to the created target")
+
+    # mode existing onto a pre-made file, from a second node.
+    make_source(d.p("src2.raw"), SIZE, seed=99)
+    make_blank(d.p("existing.raw"), SIZE)
+    await d.ret("blockdev-add", file_node("src2", d.p("src2.raw")))
+    since = d.mark()
+    await d.ret("drive-mirror", {"device": "src2", "job-id": "dm", "target": str(d.p("existing.raw")),
+                                 "sync": "full", "format": "raw", "mode": "existing",
+                                 "node-name": "dmtgt"})
+    await d.wait_event("BLOCK_JOB_READY", lambda e: e["device"] == "dm")
+    names = [n["node-name"] for n in await d.ret("query-named-block-nodes", {"flat": True})]
+    check("dmtgt" in names, f"drive-mirror node-name in query-named-block-nodes: {names}")
+    await d.ret("block-job-complete", {"device": "dm"})
+    await d.wait_status("dm", "null")
+    eq(d.seq("dm", since), START + ["ready", "READY"] + COMPLETE_TAIL, "mode existing events")
+    assert_same_file(d.p("src2.raw"), d.p("existing.raw"), "drive-mirror mode existing copy")
+    # mode existing with a missing file is an error, and leaves no job.
+    reply = await d.cmd("drive-mirror", {"device": "src2", "job-id": "dm2",
+                                         "target": str(d.p("missing.raw")), "sync": "full",
+                                         "mode": "existing"})
+    check("error" in reply and "missing.raw" in reply["error"]["desc"],
+          f"drive-mirror existing onto a missing file: {reply}")
+    eq(await d.ret("query-jobs"), [], "no job left by the failed drive-mirror")
+    await d.quit()
+
+
+async def sc_quit_during_job(ctx):
+    """quit with job0 running (speed-limited) and job1 ready: both are
+    force-cancelled and the daemon exits 0.
+
+    QSD sends the cancel events *before* the quit reply. ringmirror's monitor
+    currently runs the cancel after the reply (a before-quit hook is being
+    added to the qmp crate), so this does not assert where the events fall
+    relative to the reply, only that the jobs were cancelled (never completed)
+    and the exit status. A second monitor connection observes the events too."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    make_source(d.p("src2.raw"), SIZE, seed=5)
+    make_blank(d.p("tgt2.raw"), SIZE)
+    await d.ret("blockdev-add", file_node("src2", d.p("src2.raw")))
+    await d.ret("blockdev-add", file_node("tgt2", d.p("tgt2.raw")))
+    observer_steps = []
+    observer = await d.connect_client(observer_steps, "observer")
+    await start_mirror(d, job="job1", device="src2", target="tgt2")
+    await d.wait_event("BLOCK_JOB_READY", lambda e: e["device"] == "job1")
+    await start_mirror(d, job="job0", speed=MiB)
+    await d.wait_status("job0", "running")
+    await asyncio.sleep(0.3)
+    eq(sorted((j["id"], j["status"]) for j in await d.ret("query-jobs")),
+       [("job0", "running"), ("job1", "ready")], "jobs before quit")
+    since = d.mark()
+    await d.quit()
+    # Let the observer read to EOF.
+    for _ in range(500):
+        if observer.runstate.name != "RUNNING":
+            break
+        await asyncio.sleep(0.01)
+    try:
+        await observer.disconnect()
+    except Exception:
+        pass
+    for who, steps, start in (("quitting client", d.steps, since), ("observer", observer_steps, 0)):
+        names = [s["event"] for s in steps[start:] if "event" in s]
+        check("BLOCK_JOB_COMPLETED" not in names, f"{who}: a job completed on quit: {names}")
+        for job in ("job0", "job1"):
+            cancelled = [s for s in steps[start:] if s.get("event") == "BLOCK_JOB_CANCELLED"
+                         and s["data"].get("device") == job]
+            eq(len(cancelled), 1, f"{who}: BLOCK_JOB_CANCELLED for {job} on quit ({names})")
+            statuses = [s["data"]["status"] for s in steps[start:]
+                        if s.get("event") == "JOB_STATUS_CHANGE" and s["data"]["id"] == job]
+            eq(statuses[-3:], ["aborting", "concluded", "null"], f"{who}: {job} statuses on quit")
+    # The ready job was cancelled, not completed: no switch happened; the
+    # speed-limited one never finished its copy.
+    check(read_range(d.p("tgt.raw"), 30 * MiB, MiB) != read_range(d.p("src.raw"), 30 * MiB, MiB),
+          "job0 (1 MiB/s) cannot have copied the end of the image")
+    check(not d.sock.exists(), "the QMP socket file is removed on quit")
+
+
+SCENARIOS = {
+    "complete": sc_complete,
+    "cancel_before_ready": sc_cancel_before_ready,
+    "force_cancel_ready": sc_force_cancel_ready,
+    "soft_cancel_ready": sc_soft_cancel_ready,
+    "pause_resume": sc_pause_resume,
+    "complete_twice_in_standby": sc_complete_twice_in_standby,
+    "auto_finalize_false": sc_auto_finalize_false,
+    "sync_none": sc_sync_none,
+    "write_blocking": sc_write_blocking,
+    "drive_mirror": sc_drive_mirror,
+    "quit_during_job": sc_quit_during_job,
+}
