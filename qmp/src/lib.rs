@@ -13,7 +13,8 @@
 //! * [`Monitor`]: the socket server (greeting, negotiation, `query-version`,
 //!   `query-commands`, `quit`, ids, out-of-band checks);
 //! * [`Handler`]: the trait the command layer implements; [`Args`] decodes arguments with
-//!   QEMU's error wording; [`QmpError`] is a command's error;
+//!   QEMU's error wording (and [`SocketAddress`] decodes QAPI's socket addresses, flat and
+//!   legacy); [`QmpError`] is a command's error;
 //! * [`Emitter`]: emits events with timestamps from any thread.
 //!
 //! Where QEMU's behaviour is odd (a request with neither brace nor bracket balanced waits for
@@ -31,6 +32,7 @@ mod event;
 mod handler;
 pub mod json;
 mod monitor;
+mod qapi;
 mod session;
 mod socket;
 
@@ -39,4 +41,5 @@ pub use error::{ErrorClass, QmpError};
 pub use event::{Emitter, Event, EventStream, StreamClosed, Timestamp};
 pub use handler::{CallCtx, Handler, NoCommands};
 pub use monitor::{Monitor, MonitorBuilder, MonitorError};
+pub use qapi::{InetSocketAddress, SocketAddress, UnixSocketAddress};
 pub use session::QemuVersion;

@@ -247,6 +247,21 @@ fn request_errors_and_ids_match_qemu() {
         r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "inet", "data": {"host": "x", "port": 5}}}}"#,
         r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": {"path": "/x", "zz": 1}}}}"#,
         r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": {"path": "/x"}}, "max-connections": -1}}"#,
+        r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "inet", "data": {"host": "x", "port": "1", "numeric": 1}}}}"#,
+        r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "inet", "data": {"host": "x", "port": "1", "to": -1}}}}"#,
+        r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "inet", "data": {"host": "x", "port": "1", "keep-alive-count": 1}}}}"#,
+        r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "inet", "data": {"host": "x", "port": "1", "mptcp": 1}}}}"#,
+        r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": {"path": "x", "abstract": 1}}}}"#,
+        r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "vsock", "data": {"cid": 1, "port": "1"}}}}"#,
+        r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "fd", "data": {"str": 1}}}}"#,
+        r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": {"path": "x"}, "zz": 1}}}"#,
+        r#"{"execute": "nbd-server-start", "arguments": {"addr": {"data": {"path": "x"}}}}"#,
+        r#"{"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": 5}}}"#,
+        r#"{"execute": "blockdev-add", "arguments": {"driver": "nbd", "node-name": "a", "server": {"type": "inet", "host": "x", "port": 1}}}"#,
+        r#"{"execute": "blockdev-add", "arguments": {"driver": "nbd", "node-name": "a", "server": {"type": "fd", "str": 1}}}"#,
+        r#"{"execute": "blockdev-add", "arguments": {"driver": "nbd", "node-name": "a", "server": {"type": "unix", "path": "x", "data": 1}}}"#,
+        r#"{"execute": "blockdev-add", "arguments": {"driver": "nbd", "node-name": "a", "server": {"type": "inet", "host": "x", "port": "1", "to": 70000}}}"#,
+        r#"{"execute": "blockdev-add", "arguments": {"driver": "nbd", "node-name": "a", "server": "x"}}"#,
     ]);
     compare(&[NEGOTIATE], &list);
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringmirror_qmp::{Args, CallCtx, Handler, Monitor, MonitorBuilder, QmpError};
+use ringmirror_qmp::{Args, CallCtx, Handler, Monitor, MonitorBuilder, QmpError, SocketAddress};
 use serde_json::{json, Value};
 
 /// A fresh directory with a short path (socket paths must fit 107 bytes).
@@ -118,22 +118,7 @@ impl Handler for TestHandler {
                 Err(QmpError::generic("unimplemented in the test handler"))
             }
             "nbd-server-start" => {
-                let mut addr = args.req_obj("addr")?;
-                let kind = addr.req_enum("type", &["inet", "unix", "vsock", "fd"])?;
-                let mut data = addr.req_obj("data")?;
-                match kind {
-                    "unix" => {
-                        data.req_str("path")?;
-                        data.opt_bool("abstract")?;
-                        data.opt_bool("tight")?;
-                    }
-                    _ => {
-                        data.req_str("host")?;
-                        data.req_str("port")?;
-                    }
-                }
-                data.finish()?;
-                addr.finish()?;
+                SocketAddress::from_legacy(args.req_obj("addr")?)?;
                 args.opt_str("tls-creds")?;
                 args.opt_str("tls-authz")?;
                 args.opt_u32("max-connections")?;
@@ -181,15 +166,7 @@ fn blockdev_options(mut args: Args) -> Result<(), QmpError> {
             args.opt_i64("size")?;
         }
         "nbd" => {
-            let mut server = args.req_obj("server")?;
-            let kind = server.req_enum("type", &["inet", "unix", "vsock", "fd"])?;
-            if kind == "unix" {
-                server.req_str("path")?;
-            } else {
-                server.req_str("host")?;
-                server.req_str("port")?;
-            }
-            server.finish()?;
+            SocketAddress::from_flat(args.req_obj("server")?)?;
             args.opt_str("export")?;
             args.opt_u32("reconnect-delay")?;
         }
