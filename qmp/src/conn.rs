@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
-use serde_json::json;
 
 use crate::event::Outgoing;
 use crate::handler::CallCtx;
@@ -75,6 +74,12 @@ fn read_loop(shared: &Shared, id: u64, stream: &UnixStream, tx: &Sender<Outgoing
         decoder.feed(&buf[..n], &mut items);
         for item in items.drain(..) {
             let (line, effect) = session.handle(item, &env);
+            if effect == Effect::Quit {
+                // As qemu-storage-daemon does: the daemon shuts down (jobs
+                // cancelled, exports deleted, their events sent) before the
+                // reply to `quit`.
+                shared.run_quit_hook();
+            }
             if tx.send(Outgoing::Line(line)).is_err() {
                 break 'read; // the writer is gone: the client left
             }
@@ -93,12 +98,7 @@ fn read_loop(shared: &Shared, id: u64, stream: &UnixStream, tx: &Sender<Outgoing
                     ));
                 }
                 Effect::Quit => {
-                    // What qemu-system sends on `quit` (qemu-storage-daemon sends nothing).
-                    shared.emitter.emit(
-                        "SHUTDOWN",
-                        json!({"guest": false, "reason": "host-qmp-quit"}),
-                    );
-                    shared.run_quit_hook();
+                    // qemu-storage-daemon sends no SHUTDOWN event (qemu-system does).
                     shared.request_stop();
                     break 'read;
                 }

@@ -134,9 +134,10 @@ impl MonitorBuilder {
         self
     }
 
-    /// Runs once when a client's `quit` succeeds, after the reply and the `SHUTDOWN` event are
-    /// queued and before the monitor stops. It runs on that client's thread: it must not wait
-    /// for the monitor to stop (signal the daemon's main thread instead).
+    /// Runs once when a client's `quit` succeeds, before its reply is queued (so events the
+    /// hook emits, e.g. cancelled jobs, reach clients first, as with qemu-storage-daemon) and
+    /// before the monitor stops. It runs on that client's thread: it must not wait for the
+    /// monitor to stop (signal the daemon's main thread instead).
     pub fn on_quit(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
         self.on_quit = Some(Box::new(hook));
         self

@@ -80,7 +80,7 @@ pub(crate) enum Effect {
     None,
     /// Capabilities were negotiated: start delivering events.
     Negotiated,
-    /// `quit` succeeded: send the reply, emit SHUTDOWN, stop the monitor.
+    /// `quit` succeeded: run the quit hook, send the reply, stop the monitor.
     Quit,
 }
 

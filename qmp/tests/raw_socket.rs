@@ -463,28 +463,30 @@ fn a_panicking_command_fails_alone() {
 }
 
 #[test]
-fn quit_replies_emits_shutdown_runs_the_hook_and_stops() {
+fn quit_runs_the_hook_before_replying_and_stops() {
     let hook_ran = Arc::new(AtomicBool::new(false));
     let flag = hook_ran.clone();
-    let (m, path) = start_with("quit", |b| {
-        b.on_quit(move || flag.store(true, Ordering::SeqCst))
+    let emitter = ringmirror_qmp::Emitter::new();
+    let hook_emitter = emitter.clone();
+    let (m, path) = start_with("quit", move |b| {
+        b.emitter(emitter).on_quit(move || {
+            flag.store(true, Ordering::SeqCst);
+            hook_emitter.emit("JOB_GONE", json!({"id": "job0"}));
+        })
     });
     let mut watcher = Client::negotiated(&path);
     let mut c = Client::negotiated(&path);
     c.send(br#"{"execute": "quit", "id": "q"}{"execute": "query-block-jobs", "id": "late"}"#);
-    assert_eq!(c.read_value(), json!({"return": {}, "id": "q"}));
+    // The hook's events come before the reply, and no SHUTDOWN (as QSD).
     let e = c.read_value();
-    assert_eq!(e["event"], "SHUTDOWN");
-    assert_eq!(
-        e["data"],
-        json!({"guest": false, "reason": "host-qmp-quit"})
-    );
+    assert_eq!(e["event"], "JOB_GONE", "{e}");
+    assert_eq!(c.read_value(), json!({"return": {}, "id": "q"}));
     assert!(
         c.closed_within(Duration::from_secs(10)),
         "connection not closed after quit"
     );
     let e = watcher.read_value();
-    assert_eq!(e["event"], "SHUTDOWN");
+    assert_eq!(e["event"], "JOB_GONE");
     assert!(watcher.closed_within(Duration::from_secs(10)));
     m.wait();
     assert!(m.is_stopped());

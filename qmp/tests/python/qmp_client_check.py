@@ -81,11 +81,8 @@ async def main(path):
     check(event["event"] == "BROADCAST", f"broadcast on first client {event}")
     await other.disconnect()
 
-    # quit: reply, SHUTDOWN event, then the server closes the connection.
+    # quit: the reply (no SHUTDOWN event, as qemu-storage-daemon), then the server closes.
     check(await qmp.execute("quit") == {}, "quit reply")
-    event = await asyncio.wait_for(qmp.events.get(), 10)
-    check(event["event"] == "SHUTDOWN", f"shutdown event {event}")
-    check(event["data"] == {"guest": False, "reason": "host-qmp-quit"}, f"shutdown data {event}")
     try:
         await qmp.disconnect()
     except EOFError:
