@@ -146,6 +146,18 @@ scenarios! {
     write_blocking,
     drive_mirror,
     quit_during_job,
-    // sc_errors.py: refusals and hostile monitor input
+    // sc_errors.py: refusals, hostile monitor input, several monitor clients
     wrong_verbs,
+    bad_input,
+    multi_monitor,
+    // sc_nbd.py: real NBD software on both sides of the daemon
+    nbd_target,
+    nbd_tools,
+    fio_during_mirror,
+    nbd_client_vanishes,
+    // sc_qsd.py: the same QMP script against qemu-storage-daemon
+    compare_qsd_complete,
+    compare_qsd_soft_cancel,
+    compare_qsd_auto_finalize,
+    compare_qsd_size_mismatch,
 }

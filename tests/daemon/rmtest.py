@@ -478,3 +478,72 @@ class Ctx:
 
     def daemon(self, name="rm", kind="ringmirror"):
         return Daemon(self, name, kind)
+
+
+# ---------------------------------------------------------------------------
+# a raw monitor connection (for bytes qemu.qmp would never send)
+
+class RawConn:
+    """A bare unix-socket QMP connection. Messages from the daemon are read
+    line by line (QEMU ends each with CRLF)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.n = 0
+        self.events = []
+
+    async def open(self, timeout=10):
+        self.reader, self.writer = await asyncio.open_unix_connection(str(self.path),
+                                                                      limit=16 * MiB)
+        return await self.read(timeout)
+
+    async def read(self, timeout=EVENT_TIMEOUT):
+        try:
+            line = await asyncio.wait_for(self.reader.readline(), timeout)
+        except asyncio.TimeoutError:
+            raise Failure(f"raw monitor connection: nothing received within {timeout} s")
+        if not line:
+            raise EOFError("monitor closed the connection")
+        return json.loads(line)
+
+    async def send(self, data):
+        if isinstance(data, (dict, list)):
+            data = json.dumps(data).encode()
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def exchange(self, data, timeout=EVENT_TIMEOUT):
+        """Send raw bytes, then a probe {"execute": "query-version", "id":
+        "probe-N"}; return the non-event messages received before the probe's
+        reply (events are kept in self.events). The probe's reply proves the
+        connection still works."""
+        self.n += 1
+        probe = f"probe-{self.n}"
+        await self.send(data)
+        await self.send({"execute": "query-version", "id": probe})
+        out = []
+        while True:
+            m = await self.read(timeout)
+            if "event" in m:
+                self.events.append(m)
+            elif m.get("id") == probe:
+                check("return" in m, f"probe after {data!r:.200}: {m}")
+                return out
+            else:
+                out.append(m)
+
+    async def errors(self, data):
+        """exchange() returning [(class, desc, id-or-absent)] of the replies."""
+        return [(m["error"]["class"], m["error"]["desc"], m.get("id", "-"))
+                if "error" in m else ("return", m.get("return"), m.get("id", "-"))
+                for m in await self.exchange(data)]
+
+    async def close(self):
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except Exception:
+            pass
+
+    def abort(self):
+        self.writer.transport.abort()

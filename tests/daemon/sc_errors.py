@@ -6,8 +6,8 @@ import asyncio
 import json
 import time
 
-from rmtest import (MiB, KiB, Failure, assert_same_file, check, eq, file_node, make_blank,
-                    make_source, mirror_args, read_range)
+from rmtest import (MiB, KiB, Failure, RawConn, assert_same_file, check, eq, file_node,
+                    make_blank, make_source, mirror_args, read_range)
 from sc_jobs import COMPLETE_TAIL, START, start_mirror
 
 SIZE = 16 * MiB
@@ -150,6 +150,299 @@ async def sc_wrong_verbs(ctx):
     await d.quit()
 
 
+GE, CNF = "GenericError", "CommandNotFound"
+NEED_CAPS = (CNF, "Expecting capabilities negotiation with 'qmp_capabilities'")
+
+
+def cmd(execute, **arguments):
+    m = {"execute": execute}
+    if arguments:
+        m["arguments"] = arguments
+    return m
+
+
+async def expect(conn, data, *errors):
+    """Send `data` (bytes or a dict); the replies before the probe must be
+    exactly these errors (class, desc) with no id unless given as a third
+    element."""
+    got = await conn.errors(data)
+    want = [(e[0], e[1], e[2] if len(e) > 2 else "-") for e in errors]
+    eq(got, want, f"replies to {data!r:.160}")
+
+
+async def sc_bad_input(ctx):
+    """Malformed and hostile monitor input on a raw socket, with QEMU's
+    wording; after each, the connection still works (a probe command gets its
+    reply). Ends with a 70 MiB message while a mirror runs: the daemon keeps
+    serving the monitor and the NBD export, and the job completes."""
+    d = await ctx.daemon().start(connect=False)
+    c = RawConn(d.sock)
+    greeting = await c.open()
+    eq(sorted(greeting), ["QMP"], "greeting")
+    eq(greeting["QMP"]["capabilities"], ["oob"], "greeting capabilities")
+    eq(greeting["QMP"]["version"]["qemu"], {"micro": 2, "minor": 0, "major": 10}, "version")
+
+    # Before qmp_capabilities (one reply each; no probe, it would be refused too).
+    for data, want in (
+            (cmd("query-version"), [NEED_CAPS + ("-",)]),
+            (dict(cmd("query-version"), id=7), [NEED_CAPS + (7,)]),
+            (cmd("blockdev-add", driver="file"), [NEED_CAPS + ("-",)]),
+            (cmd("no-such-command"), [NEED_CAPS + ("-",)]),
+            (b'{"execute": "query-version",}', [(GE, "JSON parse error, expecting value", "-")]),
+            (cmd("qmp_capabilities", enable=["bogus"]),
+             [(GE, "Parameter 'null' does not accept value 'bogus'", "-")])):
+        await c.send(data)
+        got = []
+        for _ in want:
+            m = await c.read()
+            got.append((m["error"]["class"], m["error"]["desc"], m.get("id", "-")))
+        eq(got, want, f"before negotiation: {data!r:.100}")
+    await c.send({"execute": "qmp_capabilities", "id": "caps"})
+    eq(await c.read(), {"return": {}, "id": "caps"}, "qmp_capabilities")
+    await expect(c, {"execute": "qmp_capabilities", "id": "caps2"},
+                 (CNF, "Capabilities negotiation is already complete, command ignored", "caps2"))
+
+    # Malformed JSON, non-objects, bad envelopes: errors without id (unless
+    # the object had one), the connection stays usable.
+    parse = "JSON parse error, "
+    for data, *errors in (
+            (b'{"execute": "query-version",}', (GE, parse + "expecting value")),
+            (b"not json\n", (GE, parse + "invalid keyword 'not'"), (GE, parse + "invalid keyword 'json'")),
+            (b"}", (GE, parse + "expecting value")),
+            (b"]", (GE, parse + "expecting value")),
+            (b'"a string"', (GE, "QMP input must be a JSON object")),
+            (b"[1, 2]", (GE, "QMP input must be a JSON object")),
+            (b"42", (GE, "QMP input must be a JSON object")),
+            (b"null", (GE, "QMP input must be a JSON object")),
+            (b"{}", (GE, "QMP input lacks member 'execute'")),
+            (b'{"execute": "\xff"}', (GE, parse + "stray '\"\ufffd'"), (GE, parse + "expecting value")),
+            (b'{"execute": "query-version", "id": 1, "id": 2}', (GE, parse + "duplicate key")),
+            (b"\n\n  \r\n",),
+            ({"id": 3}, (GE, "QMP input lacks member 'execute'", 3)),
+            ({"execute": 1}, (GE, "QMP input member 'execute' must be a string")),
+            ({"execute": "query-version", "arguments": []},
+             (GE, "QMP input member 'arguments' must be an object")),
+            ({"execute": "query-version", "foo": 1}, (GE, "QMP input member 'foo' is unexpected")),
+            ({"exec-oob": "query-version"}, (GE, "QMP input member 'exec-oob' is unexpected")),
+            ({"execute": "no-such-command", "id": "x"},
+             (CNF, "The command no-such-command has not been found", "x")),
+            ({"execute": "query-version", "arguments": {"x": 1}}, (GE, "Parameter 'x' is unexpected"))):
+        await expect(c, data, *errors)
+    # QEMU's lenient JSON still works, and ids of any JSON type are echoed.
+    got = await c.exchange(b"{'execute': 'query-\\u0076ersion', 'id': {'a': [1, 2.5, null]}}")
+    eq([m.get("id") for m in got], [{"a": [1, 2.5, None]}], "single quotes, escapes, object id")
+
+    src, tgt, missing = d.p("src.raw"), d.p("tgt.raw"), d.p("missing.raw")
+    make_source(src, SIZE)
+    make_blank(tgt, SIZE)
+    ok = ("return", {}, "-")
+    file_args = {"driver": "file", "node-name": "a", "filename": str(src)}
+    for args, want in (
+            ({}, (GE, "Parameter 'driver' is missing")),
+            ({"node-name": "a", "filename": str(src)}, (GE, "Parameter 'driver' is missing")),
+            ({"driver": "bogus", "node-name": "a"}, (GE, "Parameter 'driver' does not accept value 'bogus'")),
+            ({"driver": "file", "node-name": "a"}, (GE, "Parameter 'filename' is missing")),
+            (dict(file_args, bogus=1), (GE, "Parameter 'bogus' is unexpected")),
+            (dict(file_args, filename=5), (GE, "Invalid parameter type for 'filename', expected: string")),
+            (dict(file_args, aio="bogus"), (GE, "Parameter 'aio' does not accept value 'bogus'")),
+            (dict(file_args, cache={"direct": "yes"}),
+             (GE, "Invalid parameter type for 'cache.direct', expected: boolean")),
+            (dict(file_args, filename=str(missing)),
+             (GE, f"Could not open '{missing}': No such file or directory")),
+            ({"driver": "file", "filename": str(src)}, (GE, "'node-name' must be specified for the root node")),
+            (dict(file_args, **{"node-name": "1bad"}), (GE, "Invalid node-name: '1bad'")),
+            (file_node("src", src), ok),
+            (file_node("src", tgt), (GE, "Duplicate nodes with node-name='src'")),
+            (file_node("tgt", tgt), ok),
+            ({"driver": "nbd", "node-name": "n", "server": {"type": "unix", "path": str(d.p("none.sock"))}},
+             (GE, f"Failed to connect to '{d.p('none.sock')}': No such file or directory"))):
+        await expect(c, cmd("blockdev-add", **args), want)
+    await expect(c, cmd("blockdev-del", **{"node-name": "nope"}),
+                 (GE, "Failed to find node with node-name='nope'"))
+
+    nbd = str(d.nbd_sock)
+    unix = {"type": "unix", "data": {"path": nbd}}
+    for data, want in (
+            (cmd("nbd-server-start"), (GE, "Parameter 'addr' is missing")),
+            (cmd("nbd-server-start", addr={"type": "unix", "path": nbd}), (GE, "Parameter 'addr.data' is missing")),
+            (cmd("nbd-server-start", addr={"type": "bogus", "data": {}}),
+             (GE, "Parameter 'type' does not accept value 'bogus'")),
+            (cmd("nbd-server-start", addr={"type": "unix", "data": {}}), (GE, "Parameter 'addr.data.path' is missing")),
+            (cmd("nbd-server-start", addr={"type": "inet", "data": {"host": "127.0.0.1"}}),
+             (GE, "Parameter 'addr.data.port' is missing")),
+            (cmd("nbd-server-start", addr=unix, bogus=1), (GE, "Parameter 'bogus' is unexpected")),
+            (cmd("block-export-add", type="nbd", id="e", **{"node-name": "src"}), (GE, "NBD server not running")),
+            (cmd("nbd-server-start", addr=unix), ok),
+            (cmd("nbd-server-start", addr=unix), (GE, "NBD server already running")),
+            (cmd("block-export-add", type="nbd", id="e"), (GE, "Parameter 'node-name' is missing")),
+            (cmd("block-export-add", type="nbd", id="e", **{"node-name": "nope"}),
+             (GE, "Cannot find device='' nor node-name='nope'")),
+            (cmd("block-export-add", type="bogus", id="e", **{"node-name": "src"}),
+             (GE, "Parameter 'type' does not accept value 'bogus'")),
+            (cmd("block-export-add", type="nbd", id="e", writable="yes", **{"node-name": "src"}),
+             (GE, "Invalid parameter type for 'writable', expected: boolean")),
+            (cmd("block-export-add", type="nbd", id="e", writable=True, **{"node-name": "src"}), ok),
+            (cmd("block-export-add", type="nbd", id="e", **{"node-name": "tgt"}),
+             (GE, "Block export id 'e' is already in use")),
+            (cmd("block-export-add", type="nbd", id="e2", **{"node-name": "src"}),
+             (GE, "NBD server already has export named 'src'"))):
+        await expect(c, data, want)
+
+    mirror = {"job-id": "job0", "device": "src", "target": "tgt", "sync": "full"}
+    for args, want in (
+            ({}, (GE, "Parameter 'device' is missing")),
+            ({"device": "src"}, (GE, "Parameter 'target' is missing")),
+            ({"device": "src", "target": "tgt"}, (GE, "Parameter 'sync' is missing")),
+            (dict(mirror, bogus=1), (GE, "Parameter 'bogus' is unexpected")),
+            (dict(mirror, sync="bogus"), (GE, "Parameter 'sync' does not accept value 'bogus'")),
+            (dict(mirror, speed="fast"), (GE, "Invalid parameter type for 'speed', expected: integer")),
+            (dict(mirror, **{"copy-mode": "bogus"}), (GE, "Parameter 'copy-mode' does not accept value 'bogus'")),
+            (dict(mirror, **{"on-source-error": "bogus"}),
+             (GE, "Parameter 'on-source-error' does not accept value 'bogus'")),
+            (dict(mirror, **{"auto-dismiss": 1}), (GE, "Invalid parameter type for 'auto-dismiss', expected: boolean"))):
+        await expect(c, cmd("blockdev-mirror", **args), want)
+    eq(c.events, [], "no events from refused commands")
+
+    # A mirror (speed-limited) runs; the guest writes through the export.
+    await expect(c, cmd("blockdev-mirror", speed=4 * MiB, **mirror), ok)
+    await d.qemu_io("write -P 0x1c 3M 64k")
+    # 70 MiB in one message: QEMU's token size limit (64 MiB), then the rest
+    # of the string lexed as garbage and the two unmatched closing braces
+    # (the sequence qemu-storage-daemon 10.0.2 gives for the same bytes).
+    huge = b'{"execute": "blockdev-add", "arguments": {"driver": "file", "node-name": "h", "filename": "'
+    huge += b"A" * (70 * MiB) + b'"}}'
+    await expect(c, huge, (GE, "JSON token size limit exceeded"), (GE, "JSON parse error, stray 'A'"),
+                 (GE, parse + "expecting value"), (GE, parse + "expecting value"))
+    del huge
+    names = [m["node-name"] for m in
+             (await c.exchange(cmd("query-named-block-nodes")))[0]["return"]]
+    eq(sorted(names), ["src", "tgt"], "nodes after the bad input")
+    # The export still works, and so does the job.
+    await d.qemu_io("write -P 0x1d 5M 64k")
+    await d.qemu_io("read -P 0x1c 3M 64k")
+    jobs = (await c.exchange(cmd("query-jobs")))[0]["return"]
+    eq([(j["id"], j["status"]) for j in jobs], [("job0", "running")], "job after the bad input")
+    await expect(c, cmd("block-job-set-speed", device="job0", speed=0), ok)
+    while not any(e["event"] == "BLOCK_JOB_READY" for e in c.events):
+        m = await c.read()
+        check("event" in m, f"unexpected reply {m}")
+        c.events.append(m)
+    await expect(c, cmd("block-job-complete", device="job0"), ok)
+    while not any(e["event"] == "JOB_STATUS_CHANGE" and e["data"]["status"] == "null"
+                  for e in c.events):
+        c.events.append(await c.read())
+    seq = [e["data"]["status"] if e["event"] == "JOB_STATUS_CHANGE" else e["event"] for e in c.events]
+    eq(seq, ["created", "running", "ready", "BLOCK_JOB_READY", "waiting", "pending",
+             "BLOCK_JOB_COMPLETED", "concluded", "null"], "job events on the raw connection")
+    assert_same_file(src, tgt, "images after the bad input")
+    await c.send({"execute": "quit", "id": "q"})
+    while True:
+        try:
+            m = await c.read()
+        except EOFError:
+            break
+    eq(await d.wait_exit(), 0, "exit status")
+
+
+async def sc_multi_monitor(ctx):
+    """Several monitor connections at once: a second (raw) client gets its own
+    greeting while the first is connected, sees no events before negotiating
+    and all of them after; clients vanishing mid-command (the command still
+    runs, nothing else is disturbed)."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    make_source(d.p("src2.raw"), SIZE, seed=3)
+    make_blank(d.p("tgt2.raw"), SIZE)
+    await d.ret("blockdev-add", file_node("src2", d.p("src2.raw")))
+    await d.ret("blockdev-add", file_node("tgt2", d.p("tgt2.raw")))
+    b = RawConn(d.sock)
+    greeting = await b.open()
+    eq(greeting["QMP"]["version"]["qemu"]["major"], 10, "second client's greeting")
+    since = await start_mirror(d, speed=2 * MiB)
+    await d.wait_status("job0", "running")
+    # Not negotiated yet: no events, commands refused.
+    await b.send(cmd("query-jobs"))
+    m = await b.read()
+    eq((m["error"]["class"], m["error"]["desc"]), NEED_CAPS, "second client before negotiation")
+    await b.send({"execute": "qmp_capabilities", "id": "c"})
+    eq(await b.read(), {"return": {}, "id": "c"}, "second client negotiates")
+    # Now it sees the job's events too.
+    mark = d.mark()
+    await d.ret("block-job-pause", {"device": "job0"})
+    await d.wait_status("job0", "paused")
+    await d.ret("block-job-resume", {"device": "job0"})
+    await d.wait_status("job0", "running")
+    got = []
+    while got[-1:] != ["running"]:
+        e = await b.read()
+        check("event" in e, f"second client: unexpected {e}")
+        got.append(e["data"].get("status"))
+    eq(got, ["paused", "running"], "second client sees pause/resume events")
+    # Its commands work alongside the first client's.
+    got = await b.exchange(cmd("query-jobs", ))
+    eq([j["status"] for j in got[0]["return"]], ["running"], "query-jobs from the second client")
+
+    # Clients that vanish mid-command.
+    c1 = RawConn(d.sock)
+    await c1.open()
+    await c1.send(cmd("qmp_capabilities"))
+    await c1.read()
+    await c1.send(cmd("blockdev-add", **file_node("vanish", d.p("src2.raw"), **{"read-only": True})))
+    c1.abort()
+    c2 = RawConn(d.sock)
+    await c2.open()
+    await c2.send(cmd("qmp_capabilities"))
+    await c2.read()
+    await c2.send(cmd("blockdev-mirror", **mirror_args(job="job1", device="src2", target="tgt2",
+                                                          speed=MiB)))
+    c2.abort()
+    c3 = RawConn(d.sock)
+    await c3.open()
+    await c3.send(b'{"execute": "qmp_capabilities"}{"execute": "block-job-pa')
+    await c3.close()
+    c4 = RawConn(d.sock)
+    await c4.open()
+    c4.abort()
+    # The vanished clients' complete commands ran.
+    await d.wait_status("job1", "running")
+    deadline = asyncio.get_running_loop().time() + 30
+    while "vanish" not in [n["node-name"] for n in await d.ret("query-named-block-nodes")]:
+        check(asyncio.get_running_loop().time() < deadline, "blockdev-add of a vanished client")
+        await asyncio.sleep(0.05)
+    await d.ret("block-job-cancel", {"device": "job1"})
+    await d.wait_status("job1", "null")
+    # job0 was not disturbed; complete it.
+    eq((await d.query_job())["status"], "running", "job0 after the vanished clients")
+    await d.ret("block-job-set-speed", {"device": "job0", "speed": 0})
+    await d.wait_event("BLOCK_JOB_READY", lambda e: e["device"] == "job0")
+    await d.ret("block-job-complete", {"device": "job0"})
+    await d.wait_status("job0", "null")
+    eq(d.seq("job0", since), START + ["paused", "running", "ready", "READY"] + COMPLETE_TAIL,
+       "job0 events on the first client")
+    assert_same_file(d.p("src.raw"), d.p("tgt.raw"), "images after complete")
+    # The second client saw the same job0 events after it negotiated.
+    rest = []
+    while rest[-1:] != ["null"]:
+        e = await b.read()
+        d_ = e.get("data", {})
+        if d_.get("id") == "job0" or d_.get("device") == "job0":
+            rest.append(d_.get("status", e["event"]))
+    eq(rest, ["ready", "BLOCK_JOB_READY"] + ["waiting", "pending", "BLOCK_JOB_COMPLETED",
+                                             "concluded", "null"], "second client's job0 events")
+    await d.quit()
+    # The second client's connection is closed by the quit.
+    with_eof = False
+    for _ in range(100):
+        try:
+            await b.read(timeout=5)
+        except EOFError:
+            with_eof = True
+            break
+    check(with_eof, "second client's connection closed after quit")
+
+
 SCENARIOS = {
     "wrong_verbs": sc_wrong_verbs,
+    "bad_input": sc_bad_input,
+    "multi_monitor": sc_multi_monitor,
 }
