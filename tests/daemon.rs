@@ -160,4 +160,5 @@ scenarios! {
     compare_qsd_soft_cancel,
     compare_qsd_auto_finalize,
     compare_qsd_size_mismatch,
+    compare_qsd_quit,
 }

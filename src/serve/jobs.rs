@@ -429,13 +429,24 @@ pub fn query_jobs(state: &Mutex<State>, args: Args) -> Result<Value, QmpError> {
     ))
 }
 
-/// `quit`: force-cancel every job and wait (briefly) for each to end.
+/// `quit`: force-cancel every job and wait (briefly) until each has ended
+/// and its events have been emitted (QSD sends them before the quit reply).
 pub fn cancel_all(state: &Mutex<State>) {
-    let jobs: Vec<MirrorJob> = state.lock().jobs.values().map(|j| j.job.clone()).collect();
-    for j in &jobs {
+    let jobs: Vec<(MirrorJob, Arc<Emitted>)> = state
+        .lock()
+        .jobs
+        .values()
+        .map(|j| (j.job.clone(), j.emitted.clone()))
+        .collect();
+    for (j, _) in &jobs {
         let _ = j.cancel(true);
     }
-    for j in &jobs {
-        j.wait_status(std::time::Duration::from_secs(30), |s| s.is_finished());
+    for (j, emitted) in &jobs {
+        let dismiss = j.options().auto_dismiss;
+        emitted.wait(|s, _| match s {
+            Some(JobStatus::Null) => true,
+            Some(JobStatus::Concluded) => !dismiss,
+            _ => false,
+        });
     }
 }

@@ -85,14 +85,17 @@ impl Daemon {
         }
     }
 
-    /// What `quit` does before the monitor stops: force-cancel every job,
-    /// delete every export, stop the NBD server.
+    /// What `quit` does before the monitor stops, in QSD's order (its
+    /// events come in this order): delete every export and stop the NBD
+    /// server, then force-cancel every job.
     pub fn shutdown(&self, emitter: &ringmirror_qmp::Emitter) {
-        jobs::cancel_all(&self.state);
-        let mut st = self.state.lock();
-        if st.nbd.is_some() {
-            let _ = exports::nbd_server_stop(&mut st, emitter, Args::new(Default::default()));
+        {
+            let mut st = self.state.lock();
+            if st.nbd.is_some() {
+                let _ = exports::nbd_server_stop(&mut st, emitter, Args::new(Default::default()));
+            }
         }
+        jobs::cancel_all(&self.state);
     }
 }
 

@@ -156,11 +156,11 @@ def merge_extents(ext):
 # ---------------------------------------------------------------------------
 # external programs
 
-async def run(*argv, timeout=60, stdin=None):
+async def run(*argv, timeout=60, stdin=None, cwd=None):
     """Run a program; returns (rc, stdout, stderr) as text."""
     proc = await asyncio.create_subprocess_exec(
         *[str(a) for a in argv], stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
     CHILDREN.append(proc)
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
@@ -426,6 +426,10 @@ class Daemon:
         msg = Message({"execute": "quit"})
         try:
             await asyncio.wait_for(self.client._execute(msg), timeout)
+            for st in reversed(self.steps):
+                if "reply" in st and st["reply"].get("id") == msg["id"]:
+                    st["execute"], st["arguments"] = "quit", None
+                    break
         except ExecInterruptedError:
             pass
         except asyncio.TimeoutError:

@@ -39,15 +39,15 @@ async def sc_complete(ctx):
     d = await ctx.daemon().start()
     await d.setup(SIZE)
     src, tgt = d.p("src.raw"), d.p("tgt.raw")
-    since = await start_mirror(d, speed=2 * MiB)
+    since = await start_mirror(d, speed=1 * MiB)
     await d.wait_status("job0", "running")
-    # Before READY (the speed limit keeps the job in phase 1): into the part
+    # Before READY (at 1 MiB/s the job needs 32 s for phase 1): into the part
     # copied first, into the hole and near the end.
     writes = [(0xab, 1 * MiB, 64 * KiB), (0xac, 25 * MiB, 64 * KiB), (0xad, 30 * MiB, 128 * KiB)]
     for pat, off, n in writes[:2]:
         await d.qemu_io(f"write -P {pat:#x} {off} {n}")
     j = await d.query_job()
-    eq((j["status"], j["ready"], j["speed"], j["type"]), ("running", False, 2 * MiB, "mirror"),
+    eq((j["status"], j["ready"], j["speed"], j["type"]), ("running", False, MiB, "mirror"),
        "query-block-jobs while running")
     check(d.seq("job0", since)[-1] == "running", f"READY too early: {d.seq()}")
     await d.qemu_io("write -P 0xad %d %d" % writes[2][1:])
@@ -453,14 +453,11 @@ async def sc_drive_mirror(ctx):
 
 
 async def sc_quit_during_job(ctx):
-    """quit with job0 running (speed-limited) and job1 ready: both are
-    force-cancelled and the daemon exits 0.
-
-    QSD sends the cancel events *before* the quit reply. ringmirror's monitor
-    currently runs the cancel after the reply (a before-quit hook is being
-    added to the qmp crate), so this does not assert where the events fall
-    relative to the reply, only that the jobs were cancelled (never completed)
-    and the exit status. A second monitor connection observes the events too."""
+    """quit with job0 running (speed-limited) and job1 ready: as in QSD, the
+    export is deleted and both jobs are force-cancelled (aborting, CANCELLED,
+    concluded, null; never COMPLETED, no switch), all of it before the quit
+    reply; then the connection closes and the daemon exits 0. A second
+    monitor connection sees the same events."""
     d = await ctx.daemon().start()
     await d.setup(SIZE)
     make_source(d.p("src2.raw"), SIZE, seed=5)
@@ -477,6 +474,7 @@ async def sc_quit_during_job(ctx):
     eq(sorted((j["id"], j["status"]) for j in await d.ret("query-jobs")),
        [("job0", "running"), ("job1", "ready")], "jobs before quit")
     since = d.mark()
+    obs_since = len(observer_steps)
     await d.quit()
     # Let the observer read to EOF.
     for _ in range(500):
@@ -487,18 +485,24 @@ async def sc_quit_during_job(ctx):
         await observer.disconnect()
     except Exception:
         pass
-    for who, steps, start in (("quitting client", d.steps, since), ("observer", observer_steps, 0)):
-        names = [s["event"] for s in steps[start:] if "event" in s]
+    quit_at = next(i for i, s in enumerate(d.steps) if s.get("execute") == "quit")
+    eq([s.get("event") for s in d.steps[quit_at + 1:]], [], "nothing after the quit reply")
+    for who, steps in (("quitting client", d.steps[since:quit_at]),
+                       ("observer", observer_steps[obs_since:])):
+        names = [s["event"] for s in steps if "event" in s]
         check("BLOCK_JOB_COMPLETED" not in names, f"{who}: a job completed on quit: {names}")
+        deleted = [i for i, s in enumerate(steps) if s.get("event") == "BLOCK_EXPORT_DELETED"]
+        eq([steps[i]["data"] for i in deleted], [{"id": "exp0"}], f"{who}: export deleted")
         for job in ("job0", "job1"):
-            cancelled = [s for s in steps[start:] if s.get("event") == "BLOCK_JOB_CANCELLED"
-                         and s["data"].get("device") == job]
-            eq(len(cancelled), 1, f"{who}: BLOCK_JOB_CANCELLED for {job} on quit ({names})")
-            statuses = [s["data"]["status"] for s in steps[start:]
-                        if s.get("event") == "JOB_STATUS_CHANGE" and s["data"]["id"] == job]
-            eq(statuses[-3:], ["aborting", "concluded", "null"], f"{who}: {job} statuses on quit")
-    # The ready job was cancelled, not completed: no switch happened; the
-    # speed-limited one never finished its copy.
+            seq = [s["data"]["status"] if s["event"] == "JOB_STATUS_CHANGE" else s["event"]
+                   for s in steps if "event" in s and job in (s["data"].get("id"),
+                                                              s["data"].get("device"))]
+            eq(seq, ["aborting", "BLOCK_JOB_CANCELLED", "concluded", "null"],
+               f"{who}: {job}'s events on quit")
+            first = next(i for i, s in enumerate(steps) if s.get("event") == "JOB_STATUS_CHANGE"
+                         and s["data"]["id"] == job)
+            check(deleted[0] < first, f"{who}: the export is deleted before {job} is cancelled")
+    # No switch happened, and the speed-limited job never finished its copy.
     check(read_range(d.p("tgt.raw"), 30 * MiB, MiB) != read_range(d.p("src.raw"), 30 * MiB, MiB),
           "job0 (1 MiB/s) cannot have copied the end of the image")
     check(not d.sock.exists(), "the QMP socket file is removed on quit")

@@ -134,7 +134,7 @@ async def sc_fio_during_mirror(ctx):
         "fio", "--name=guest", "--ioengine=nbd", f"--uri={d.uri()}", "--rw=randwrite",
         "--bs=4k", f"--size={SIZE}", "--iodepth=8", "--time_based", "--runtime=3",
         "--verify=crc32c", "--verify_fatal=1", "--verify_backlog=512", "--randrepeat=0",
-        "--output-format=json", timeout=60)
+        "--verify_state_save=0", "--output-format=json", timeout=60, cwd=d.dir)
     check(rc == 0, f"fio failed (rc {rc}):\n{out[-3000:]}\n{err[-3000:]}")
     job = json.loads(out[out.index("{"):])["jobs"][0]
     eq(job["error"], 0, "fio job error")
@@ -191,7 +191,7 @@ async def sc_nbd_client_vanishes(ctx):
     serves other clients."""
     d = await ctx.daemon().start()
     await d.setup(SIZE)
-    since = await start_mirror(d, speed=8 * MiB)
+    since = await start_mirror(d, speed=2 * MiB)
     await d.wait_status("job0", "running")
     # 1. A WRITE of 1 MiB with only half its payload, then gone.
     r, w, size = await nbd_connect(d.nbd_sock, "src")
@@ -216,7 +216,7 @@ async def sc_nbd_client_vanishes(ctx):
     # A proper client meanwhile, and the job still runs.
     await d.qemu_io("write -P 0x71 6M 64k")
     j = await d.query_job()
-    eq((j["status"], j["io-status"]), ("running", "ok"), "job unharmed")
+    check(j["status"] in ("running", "ready") and j["io-status"] == "ok", f"job unharmed: {j}")
     await d.ret("block-job-set-speed", {"device": "job0", "speed": 0})
     await d.wait_event("BLOCK_JOB_READY")
     await d.ret("block-job-complete", {"device": "job0"})

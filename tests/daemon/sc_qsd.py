@@ -29,7 +29,7 @@ differences"), which these scripts avoid or check on each side separately:
 import json
 
 from rmtest import (MiB, KiB, check, eq, file_node, first_difference, make_blank,
-                    mirror_args, qemu_img_compare, read_range)
+                    make_source, mirror_args, qemu_img_compare, read_range)
 
 SIZE = 32 * MiB
 PROGRESS = {"len", "offset", "busy", "current-progress", "total-progress"}
@@ -37,7 +37,7 @@ PROGRESS = {"len", "offset", "busy", "current-progress", "total-progress"}
 # Commands whose reply QSD sends after the events they cause (the job
 # coroutine runs inside the command); their place in the event stream is
 # compared. Other replies race with the job's events and are left out.
-ORDERED_REPLIES = {"blockdev-mirror", "job-finalize", "job-dismiss"}
+ORDERED_REPLIES = {"blockdev-mirror", "job-finalize", "job-dismiss", "quit"}
 
 
 def strip_progress(v):
@@ -67,20 +67,39 @@ def normalize(steps):
     return drop_flaps(out)
 
 
+def job_of(item):
+    if item[0] == "event" and isinstance(item[2], dict):
+        return item[2].get("device") if "device" in item[2] else (
+            item[2].get("id") if item[1] in ("JOB_STATUS_CHANGE", "BLOCK_JOB_PENDING") else None)
+    return None
+
+
 def drop_flaps(items):
-    """Remove JOB_STATUS_CHANGE pairs paused->running / standby->ready that
-    follow each other directly for the same job (QEMU's drain flaps; these
-    scripts never pause a job)."""
-    out = []
-    for it in items:
-        if out and it[0] == "event" and it[1] == "JOB_STATUS_CHANGE" and \
-                out[-1][0] == "event" and out[-1][1] == "JOB_STATUS_CHANGE" and \
-                out[-1][2]["id"] == it[2]["id"] and \
-                (out[-1][2]["status"], it[2]["status"]) in (("paused", "running"), ("standby", "ready")):
-            out.pop()
+    """Remove QEMU's drain flaps: a JOB_STATUS_CHANGE `paused` (`standby`)
+    whose job's next status change is `running` (`ready`). These scripts
+    never pause a job themselves."""
+    out, skip = [], set()
+    for i, it in enumerate(items):
+        if i in skip:
             continue
+        if it[1] == "JOB_STATUS_CHANGE" and it[2]["status"] in ("paused", "standby"):
+            job = it[2]["id"]
+            nxt = next((j for j in range(i + 1, len(items)) if items[j][1] == "JOB_STATUS_CHANGE"
+                        and items[j][2]["id"] == job), None)
+            back = {"paused": "running", "standby": "ready"}[it[2]["status"]]
+            if nxt is not None and items[nxt][2]["status"] == back:
+                skip.add(nxt)
+                continue
         out.append(it)
     return out
+
+
+def projections(items):
+    """For each job, the transcript without the other jobs' events: the
+    interleaving of two jobs' events is not part of the contract (QSD cancels
+    jobs one after the other on quit, ringmirror all at once)."""
+    jobs = sorted({j for j in map(job_of, items) if j is not None})
+    return {job: [it for it in items if job_of(it) in (None, job)] for job in jobs}
 
 
 class Script:
@@ -109,16 +128,18 @@ async def both(ctx, script):
         s.transcript = normalize(d.steps[since:])
         out[kind] = s
     rm, qsd = out["ringmirror"], out["qsd"]
-    if rm.transcript != qsd.transcript:
-        lines = ["normalized transcripts differ:",
-                 f"  {'ringmirror':60s} | qemu-storage-daemon"]
-        n = max(len(rm.transcript), len(qsd.transcript))
-        for i in range(n):
-            a = rm.transcript[i] if i < len(rm.transcript) else ""
-            b = qsd.transcript[i] if i < len(qsd.transcript) else ""
-            mark = "  " if a == b else "!="
-            lines.append(f"{mark}{json.dumps(a)[:60]:60s} | {json.dumps(b)[:60]}")
-        raise AssertionError("\n".join(lines))
+    prm, pqsd = projections(rm.transcript), projections(qsd.transcript)
+    eq(sorted(prm), sorted(pqsd), "jobs in the transcripts")
+    for job in prm:
+        a_, b_ = prm[job], pqsd[job]
+        if a_ != b_:
+            lines = [f"normalized transcripts differ (job {job} and non-job items):",
+                     f"  {'ringmirror':70s} | qemu-storage-daemon"]
+            for i in range(max(len(a_), len(b_))):
+                a = json.dumps(a_[i]) if i < len(a_) else ""
+                b = json.dumps(b_[i]) if i < len(b_) else ""
+                lines.append(f"{'  ' if a == b else '!='}{a[:70]:70s} | {b[:70]}")
+            raise AssertionError("\n".join(lines))
     eq(rm.obs, qsd.obs, "query results (progress numbers stripped)")
     for s in (rm, qsd):
         check(len(s.transcript) > 0, "empty transcript")
@@ -240,9 +261,36 @@ async def sc_compare_size_mismatch(ctx):
         await d.quit()
 
 
+async def sc_compare_quit(ctx):
+    """quit with job0 running (speed-limited) and job1 ready: the export is
+    deleted, then each job is force-cancelled, all before the quit reply;
+    exit status 0."""
+    async def script(s):
+        d = s.d
+        make_source(d.p("src2.raw"), SIZE, seed=5)
+        make_blank(d.p("tgt2.raw"), SIZE)
+        await d.ret("blockdev-add", file_node("src2", d.p("src2.raw")))
+        await d.ret("blockdev-add", file_node("tgt2", d.p("tgt2.raw")))
+        await d.ret("blockdev-mirror", mirror_args(job="job1", device="src2", target="tgt2"))
+        await d.wait_event("BLOCK_JOB_READY")
+        await d.ret("blockdev-mirror", mirror_args(speed=MiB))
+        await d.wait_status("job0", "running")
+        await s.query("query-jobs")
+        await d.quit()
+
+    rm, qsd = await both(ctx, script)
+    tail = [it for it in projections(rm.transcript)["job0"] if it[1] != "JOB_STATUS_CHANGE"
+            or it[2]["status"] not in ("created", "running", "ready")]
+    eq([(it[1], it[2].get("status") if isinstance(it[2], dict) else it[2]) for it in tail[-6:]],
+       [("BLOCK_EXPORT_DELETED", None), ("JOB_STATUS_CHANGE", "aborting"),
+        ("BLOCK_JOB_CANCELLED", None), ("JOB_STATUS_CHANGE", "concluded"),
+        ("JOB_STATUS_CHANGE", "null"), ("quit", "ok")], "end of the quit transcript")
+
+
 SCENARIOS = {
     "compare_qsd_complete": sc_compare_complete,
     "compare_qsd_soft_cancel": sc_compare_soft_cancel,
     "compare_qsd_auto_finalize": sc_compare_auto_finalize,
     "compare_qsd_size_mismatch": sc_compare_size_mismatch,
+    "compare_qsd_quit": sc_compare_quit,
 }
