@@ -145,6 +145,7 @@ scenarios! {
     sync_none,
     write_blocking,
     drive_mirror,
+    nonblank_target,
     quit_during_job,
     // sc_errors.py: refusals, hostile monitor input, several monitor clients
     wrong_verbs,

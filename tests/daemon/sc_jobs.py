@@ -449,6 +449,37 @@ async def sc_drive_mirror(ctx):
     check("error" in reply and "missing.raw" in reply["error"]["desc"],
           f"drive-mirror existing onto a missing file: {reply}")
     eq(await d.ret("query-jobs"), [], "no job left by the failed drive-mirror")
+    # blockdev-mirror without job-id: the id is the device name (QSD refuses
+    # "Invalid job ID ''" for a node without a BlockBackend).
+    make_blank(d.p("tgt3.raw"), SIZE)
+    await d.ret("blockdev-add", file_node("tgt3", d.p("tgt3.raw")))
+    since = d.mark()
+    await d.ret("blockdev-mirror", {"device": "src2", "target": "tgt3", "sync": "full"})
+    await d.wait_event("BLOCK_JOB_READY", lambda e: e["device"] == "src2")
+    eq([j["id"] for j in await d.ret("query-jobs")], ["src2"], "default job id")
+    await d.ret("block-job-cancel", {"device": "src2", "force": True})
+    await d.wait_status("src2", "null")
+    eq(d.seq("src2", since), START + ["ready", "READY"] + CANCEL_TAIL, "default-id job events")
+    await d.quit()
+
+
+async def sc_nonblank_target(ctx):
+    """A target full of old data (0xEE everywhere): after complete it equals
+    the source, the source's hole included (reads as zeros), and with
+    target-is-zero false nothing of the old data survives."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    src, tgt = d.p("src.raw"), d.p("tgt.raw")
+    with open(tgt, "r+b") as f:
+        for off in range(0, SIZE, MiB):
+            f.write(b"\xee" * MiB)
+    since = await start_mirror(d)
+    await d.wait_event("BLOCK_JOB_READY")
+    await d.ret("block-job-complete", {"device": "job0"})
+    await d.wait_status("job0", "null")
+    eq(d.seq("job0", since), START + ["ready", "READY"] + COMPLETE_TAIL, "job events")
+    eq(read_range(tgt, SIZE * 3 // 4, SIZE // 8), bytes(SIZE // 8), "the source's hole on target")
+    assert_same_file(src, tgt, "images")
     await d.quit()
 
 
@@ -519,5 +550,6 @@ SCENARIOS = {
     "sync_none": sc_sync_none,
     "write_blocking": sc_write_blocking,
     "drive_mirror": sc_drive_mirror,
+    "nonblank_target": sc_nonblank_target,
     "quit_during_job": sc_quit_during_job,
 }
