@@ -85,6 +85,13 @@ fn scenario(name: &str) {
             break Some(s);
         }
         if started.elapsed() > HARD_LIMIT {
+            // SIGTERM first: run.py then kills the daemons it started.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let grace = Instant::now();
+            while child.try_wait().ok().flatten().is_none() && grace.elapsed().as_secs() < 5 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
             break None;

@@ -15,6 +15,8 @@ scenario as its own #[test].
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 import time
 import traceback
@@ -76,6 +78,16 @@ if __name__ == "__main__":
     if not a.binary or not a.scratch:
         ap.error("--binary and --scratch are required")
     Path(a.scratch).mkdir(parents=True, exist_ok=True)
+
+    def on_signal(signum, _frame):
+        # tests/daemon.rs sends SIGTERM when a scenario hangs: take the
+        # daemons and tools down with us.
+        rmtest.kill_children()
+        print(f"FAIL {a.scenario}: killed by signal {signum}", flush=True)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     ctx = rmtest.Ctx(a.binary, a.scratch)
     try:
         rc = asyncio.run(main(a.scenario, ctx, a.timeout))
