@@ -42,9 +42,23 @@ fn offsets(len: u64, per_thread: usize, threads: usize) -> Vec<Arc<Vec<u64>>> {
         .collect()
 }
 
-/// Runs `work(thread index)` on `threads` threads started together and
-/// returns the wall time from the common start to the last finish.
-fn timed_threads(threads: usize, work: impl Fn(usize) + Send + Sync + 'static) -> Duration {
+/// Nanoseconds this thread has spent on a CPU (Linux schedstat), so that
+/// per-operation cost can be told apart from time lost to other processes on
+/// a shared machine. `None` where the file does not exist.
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
+/// Wall time from the common start to the last finish, and CPU time summed
+/// over the threads.
+struct Timing {
+    wall: Duration,
+    cpu_ns: Option<u64>,
+}
+
+/// Runs `work(thread index)` on `threads` threads started together.
+fn timed_threads(threads: usize, work: impl Fn(usize) + Send + Sync + 'static) -> Timing {
     let work = Arc::new(work);
     let start = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
@@ -52,16 +66,19 @@ fn timed_threads(threads: usize, work: impl Fn(usize) + Send + Sync + 'static) -
             let (work, start) = (work.clone(), start.clone());
             thread::spawn(move || {
                 start.wait();
+                let before = thread_cpu_ns();
                 work(t);
+                Some(thread_cpu_ns()? - before?)
             })
         })
         .collect();
     start.wait();
     let t0 = Instant::now();
-    for h in handles {
-        h.join().unwrap();
+    let cpu: Vec<Option<u64>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    Timing {
+        wall: t0.elapsed(),
+        cpu_ns: cpu.into_iter().sum(),
     }
-    t0.elapsed()
 }
 
 fn bench_marks() {
@@ -69,11 +86,12 @@ fn bench_marks() {
     println!("### Marks: random 4 KiB writes, 1 TiB disk\n");
     println!(
         "The three variants run back to back inside each of the {RUNS} rounds, so \
-         a busy machine slows them alike; the ratio is the median of the \
-         per-round ratios.\n"
+         a busy machine slows them alike; ratios are medians of the per-round \
+         ratios. CPU ns/mark is on-CPU time (schedstat) summed over the threads \
+         per mark: it excludes time the threads were preempted.\n"
     );
-    println!("| granularity | threads | ringmirror Mmarks/s | ns/mark/thread | bare fetch_or Mmarks/s | Mutex<BitVec> Mmarks/s | ringmirror / bare | ringmirror / Mutex |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| granularity | threads | ringmirror Mmarks/s | ringmirror CPU ns/mark | bare fetch_or Mmarks/s | bare CPU ns/mark | Mutex<BitVec> Mmarks/s | Mutex CPU ns/mark | ringmirror / bare (throughput) | ringmirror / Mutex (throughput) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for g in [64 * KIB, 4 * KIB] {
         let shift = g.trailing_zeros();
         let b = Arc::new(DirtyBitmap::new(TIB, g).unwrap());
@@ -89,12 +107,18 @@ fn bench_marks() {
         for threads in [1usize, 2] {
             let offs = offsets(TIB, PER_THREAD, threads);
             let marks = (PER_THREAD * threads) as f64;
-            let rate = |d: Duration| marks / d.as_secs_f64() / 1e6;
+            // (throughput in Mmarks/s, CPU ns per mark)
+            let measure = |t: Timing| {
+                (
+                    marks / t.wall.as_secs_f64() / 1e6,
+                    t.cpu_ns.map_or(f64::NAN, |ns| ns as f64 / marks),
+                )
+            };
             let (mut ours, mut bare, mut naive) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..RUNS {
                 b.clear_all();
                 let (bm, o) = (b.clone(), offs.clone());
-                ours.push(rate(timed_threads(threads, move |t| {
+                ours.push(measure(timed_threads(threads, move |t| {
                     for &off in o[t].iter() {
                         bm.mark(off, 4096).unwrap();
                     }
@@ -102,7 +126,7 @@ fn bench_marks() {
 
                 words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
                 let (w, o) = (words.clone(), offs.clone());
-                bare.push(rate(timed_threads(threads, move |t| {
+                bare.push(measure(timed_threads(threads, move |t| {
                     for &off in o[t].iter() {
                         let c = off >> shift;
                         w[(c / 64) as usize].fetch_or(1 << (c % 64), Ordering::AcqRel);
@@ -111,21 +135,27 @@ fn bench_marks() {
 
                 locked.lock().unwrap().fill(false);
                 let (l, o) = (locked.clone(), offs.clone());
-                naive.push(rate(timed_threads(threads, move |t| {
+                naive.push(measure(timed_threads(threads, move |t| {
                     for &off in o[t].iter() {
                         l.lock().unwrap().set((off >> shift) as usize, true);
                     }
                 })));
             }
-            let vs_bare = median(ours.iter().zip(&bare).map(|(a, b)| a / b).collect());
-            let vs_mutex = median(ours.iter().zip(&naive).map(|(a, b)| a / b).collect());
-            let ours = median(ours);
+            let ratio = |other: &[(f64, f64)]| {
+                median(ours.iter().zip(other).map(|(a, b)| a.0 / b.0).collect())
+            };
+            let (vs_bare, vs_mutex) = (ratio(&bare), ratio(&naive));
+            let rate = |v: &[(f64, f64)]| median(v.iter().map(|x| x.0).collect());
+            let cpu = |v: &[(f64, f64)]| median(v.iter().map(|x| x.1).collect());
             println!(
-                "| {} KiB | {threads} | {ours:.1} | {:.1} | {:.1} | {:.1} | {vs_bare:.2} | {vs_mutex:.2} |",
+                "| {} KiB | {threads} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {vs_bare:.2} | {vs_mutex:.2} |",
                 g / KIB,
-                1e3 / ours * threads as f64,
-                median(bare),
-                median(naive),
+                rate(&ours),
+                cpu(&ours),
+                rate(&bare),
+                cpu(&bare),
+                rate(&naive),
+                cpu(&naive),
             );
         }
     }

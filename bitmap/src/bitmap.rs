@@ -342,7 +342,11 @@ impl DirtyBitmap {
         // Count first, correct after: the counter must never lag behind a
         // bit a taker could already have cleared (see counter.rs).
         self.dirty.add(hint, count);
-        let already = self.bits.set_bits(first, first + count - 1);
+        let already = if count == 1 {
+            u64::from(self.bits.set_one(first))
+        } else {
+            self.bits.set_bits(first, first + count - 1)
+        };
         self.dirty.sub(hint, already);
     }
 

@@ -241,3 +241,22 @@ fn search_repairing_a_stale_hint_races_a_mark() {
         check_outcome(&b, &[runs], &[5, 6]);
     });
 }
+
+/// A mark spanning two words (the multi-cluster path) races a take that
+/// empties the first of them.
+#[test]
+fn multi_word_mark_races_a_word_emptying_take() {
+    model(|| {
+        let b = Arc::new(DirtyBitmap::new(128 * G, G).unwrap());
+        b.mark_clusters(0, 1).unwrap();
+        b.mark_clusters(100, 1).unwrap(); // word 1's summary bit is already set
+        let marker = {
+            let b = b.clone();
+            thread::spawn(move || b.mark_clusters(63, 2).unwrap())
+        };
+        let runs = b.take_range(0, 1).unwrap();
+        marker.join().unwrap();
+        assert_eq!(runs, vec![(0, 1)]);
+        check_outcome(&b, &[runs], &[0, 63, 64, 100]);
+    });
+}
