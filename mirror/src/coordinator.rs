@@ -35,6 +35,7 @@ use crate::events::{ErrorAction, IoOperation, JobEvent, Progress};
 use crate::job::{JobError, JobShared};
 use crate::link::JobLink;
 use crate::options::{CopyMode, ErrorPolicy};
+use crate::pacer::Pacer;
 use crate::state::{JobStatus, Verb};
 
 /// Commands from the handle.
@@ -78,15 +79,24 @@ enum Phase {
     /// Copying dirty clusters (phases 1 and 2).
     Run,
     /// Guest I/O gate closed, waiting for requests in flight to finish.
-    Quiescing,
+    Quiescing(Barrier),
     /// Gate closed: copying the last dirty clusters.
-    Draining,
+    Draining(Barrier),
     /// Gate closed, bitmap clean: flushing the target before finishing.
     FinalFlush,
     /// Stopping: waiting for copies in flight.
     Aborting,
     /// Done; waiting for dismiss (or gone).
     Ended,
+}
+
+/// Why guest I/O is being held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Barrier {
+    /// To reach READY under a steady guest write load.
+    Ready,
+    /// To complete, soft-cancel or finalize in sync.
+    Finish,
 }
 
 /// What the job is finishing towards.
@@ -99,6 +109,22 @@ enum Finish {
 }
 
 const TICK: Duration = Duration::from_millis(250);
+
+/// Copy requests in flight at most (QEMU allows 16): with small dirty runs
+/// the byte budget alone would put thousands of tiny copies in flight.
+const MAX_COPIES_IN_FLIGHT: usize = 64;
+
+/// Guest I/O is held to copy at most this much (see `Phase::Run` in `pump`).
+const FREEZE_BYTES: u64 = 2 << 20;
+/// ... in at most this many clusters (small scattered copies cost IOPS).
+const FREEZE_CLUSTERS: u64 = 256;
+
+/// What a copy counts against the pacer's window at least.
+const MIN_COPY_COST: u64 = 16 << 10;
+
+/// Runs shorter than this are copied without mapping the source's extents
+/// first (two lseek calls cost more than reading a few zero blocks).
+const MIN_EXTENT_MAP_BYTES: u64 = 256 << 10;
 
 pub(crate) struct Coordinator {
     sh: Arc<JobShared>,
@@ -128,6 +154,7 @@ pub(crate) struct Coordinator {
     retry_after: Option<Instant>,
     chunk_clusters: u64,
     last_rate: (Instant, u64, u64),
+    pacer: Pacer,
 }
 
 fn strerror(e: &IoError) -> String {
@@ -152,15 +179,16 @@ impl Coordinator {
         link: Arc<JobLink>,
         rx: Receiver<Msg>,
     ) -> Coordinator {
-        let opts = &sh.opts;
-        let g = opts.granularity;
+        let (speed, buf_size) = (sh.opts.speed, sh.opts.buf_size);
+        let g = sh.bitmap.granularity();
         // QEMU's chunking: up to buf-size/16 per request, at least a cluster.
-        let mut chunk = (opts.buf_size / 16).clamp(g, 64 << 20);
-        if opts.speed > 0 {
-            chunk = chunk.min((opts.speed / 10).max(g));
+        let mut chunk = (buf_size / 16).clamp(g, 64 << 20);
+        if speed > 0 {
+            chunk = chunk.min((speed / 10).max(g));
         }
+        let pacer = Pacer::new(chunk, buf_size.max(chunk), disk.guest_io_totals());
         Coordinator {
-            limiter: RateLimiter::new(opts.speed, Duration::from_millis(10)),
+            limiter: RateLimiter::new(speed, Duration::from_millis(10)),
             chunk_clusters: (chunk / g).max(1),
             sh,
             disk,
@@ -186,6 +214,7 @@ impl Coordinator {
             flushing: false,
             retry_after: None,
             last_rate: (Instant::now(), 0, 0),
+            pacer,
         }
     }
 
@@ -269,6 +298,13 @@ impl Coordinator {
 
     fn next_timeout(&self) -> Duration {
         let mut t = TICK;
+        if !self.copies.is_empty() || !self.sh.bitmap.is_clean() {
+            t = t.min(
+                self.pacer
+                    .next_tick()
+                    .saturating_duration_since(Instant::now()),
+            );
+        }
         if let Some(at) = self.retry_after {
             t = t.min(at.saturating_duration_since(Instant::now()));
         }
@@ -307,32 +343,48 @@ impl Coordinator {
                     return;
                 }
                 self.issue_copies();
+                if self.flushing {
+                    return;
+                }
                 let clean = self.copies.is_empty() && self.sh.bitmap.is_clean();
-                if clean && !self.flushing && (!self.ready || self.finish.is_some()) {
-                    if !self.ready {
-                        self.flush_target();
-                    } else {
-                        self.begin_quiesce();
-                    }
-                } else if self.finish.is_some() && self.ready && !self.flushing {
-                    // Close the gate once little is left, so the guest's
-                    // stall is bounded by copying at most one buffer.
-                    let left = self.sh.bitmap.dirty_bytes() + self.bytes_in_flight;
-                    if left <= self.sh.opts.buf_size {
-                        self.begin_quiesce();
-                    }
+                let wants = if !self.ready {
+                    Some(Barrier::Ready)
+                } else if self.finish.is_some() {
+                    Some(Barrier::Finish)
+                } else {
+                    None
+                };
+                match wants {
+                    // In sync by itself: READY only needs the flush.
+                    Some(Barrier::Ready) if clean => self.flush_target(),
+                    // Under steady guest writes the bitmap is never empty at
+                    // the same instant as no copy is in flight, although the
+                    // target trails by milliseconds. Once little is left,
+                    // hold guest I/O, copy the rest, and let go: the stall is
+                    // bounded by copying at most FREEZE_BYTES.
+                    Some(b) if clean || self.small_remainder() => self.begin_quiesce(b),
+                    _ => {}
                 }
             }
-            Phase::Quiescing => {
+            Phase::Quiescing(b) => {
                 if self.disk.gate.in_flight() == 0 {
-                    self.phase = Phase::Draining;
+                    self.phase = Phase::Draining(b);
                     self.pump();
                 }
             }
-            Phase::Draining => {
+            Phase::Draining(b) => {
                 self.issue_copies();
                 if self.copies.is_empty() && self.sh.bitmap.is_clean() && !self.flushing {
-                    self.phase = Phase::FinalFlush;
+                    match b {
+                        Barrier::Ready => {
+                            // The in-sync moment is now; the flush that
+                            // follows makes it durable. Guest I/O resumes
+                            // (and is tracked) meanwhile.
+                            self.disk.gate.open();
+                            self.phase = Phase::Run;
+                        }
+                        Barrier::Finish => self.phase = Phase::FinalFlush,
+                    }
                     self.flush_target();
                 }
             }
@@ -358,8 +410,14 @@ impl Coordinator {
         }
     }
 
-    fn begin_quiesce(&mut self) {
-        self.phase = Phase::Quiescing;
+    /// Little enough left to copy with guest I/O held.
+    fn small_remainder(&self) -> bool {
+        self.sh.bitmap.dirty_bytes() + self.bytes_in_flight <= FREEZE_BYTES
+            && self.sh.bitmap.dirty_clusters() <= FREEZE_CLUSTERS
+    }
+
+    fn begin_quiesce(&mut self, barrier: Barrier) {
+        self.phase = Phase::Quiescing(barrier);
         let tx = self.sh.tx.clone();
         self.disk.gate.close(Box::new(move || {
             let _ = tx.send(Msg::Drained);
@@ -370,7 +428,7 @@ impl Coordinator {
     fn back_to_run(&mut self) {
         if matches!(
             self.phase,
-            Phase::Quiescing | Phase::Draining | Phase::FinalFlush
+            Phase::Quiescing(_) | Phase::Draining(_) | Phase::FinalFlush
         ) {
             self.disk.gate.open();
             self.phase = Phase::Run;
@@ -392,7 +450,7 @@ impl Coordinator {
             return;
         }
         match self.phase {
-            Phase::Run if self.copies.is_empty() && self.sh.bitmap.is_clean() && !self.ready => {
+            Phase::Run if !self.ready => {
                 self.ready = true;
                 self.set_status(JobStatus::Ready);
                 let progress = self.progress();
@@ -405,7 +463,7 @@ impl Coordinator {
                 if self.copies.is_empty() && self.sh.bitmap.is_clean() {
                     self.finish_in_sync();
                 } else {
-                    self.phase = Phase::Draining;
+                    self.phase = Phase::Draining(Barrier::Finish);
                 }
             }
             _ => {}
@@ -479,7 +537,7 @@ impl Coordinator {
         }
         if matches!(
             self.phase,
-            Phase::Quiescing | Phase::Draining | Phase::FinalFlush
+            Phase::Quiescing(_) | Phase::Draining(_) | Phase::FinalFlush
         ) {
             self.disk.gate.open();
         }
@@ -526,11 +584,22 @@ impl Coordinator {
             }
             self.retry_after = None;
         }
-        let g = self.sh.opts.granularity;
-        let buf_size = self.sh.opts.buf_size.max(g);
+        let g = self.sh.bitmap.granularity();
+        self.pacer.tick(Instant::now(), self.disk.guest_io_totals());
+        // With guest I/O held (barriers), nothing to protect: full buffer.
+        let buf_size = if matches!(self.phase, Phase::Draining(_)) {
+            self.sh.opts.buf_size.max(g)
+        } else {
+            self.pacer.window().max(g)
+        };
         let clusters = self.sh.bitmap.clusters();
         let mut skipped = 0u64;
-        while self.bytes_in_flight < buf_size && skipped <= clusters {
+        // Small copies cost IOPS more than bytes: count each as at least
+        // MIN_COPY_COST against the window.
+        while self.bytes_in_flight + MIN_COPY_COST * self.copies.len() as u64 <= buf_size
+            && self.copies.len() < MAX_COPIES_IN_FLIGHT
+            && skipped <= clusters
+        {
             let Some((first, count)) = self.sh.bitmap.dirty_run(self.cursor, self.chunk_clusters)
             else {
                 return;
@@ -569,7 +638,7 @@ impl Coordinator {
 
     /// Copy `[off, off+len)`, taken from the bitmap and locked by `guard`.
     fn copy_range(&mut self, off: u64, len: u64, guard: &Arc<RangeGuard>) {
-        let extents = if self.source.info().sparse_aware {
+        let extents = if self.source.info().sparse_aware && len >= MIN_EXTENT_MAP_BYTES {
             self.source.extents(off, len).ok()
         } else {
             None
@@ -619,7 +688,7 @@ impl Coordinator {
     /// unless the target is known to hold zeroes there already.
     fn zero_target(&mut self, id: u64, off: u64, len: u64, buf: Option<DmaBuf>) {
         drop(buf);
-        let g = self.sh.opts.granularity;
+        let g = self.sh.bitmap.granularity();
         let (c0, c1) = (off / g, (off + len).div_ceil(g));
         let ever_written = self
             .link
@@ -746,7 +815,7 @@ impl Coordinator {
             ErrorAction::Ignore => {
                 self.retry_after = Some(Instant::now() + Duration::from_millis(100));
                 if matches!(self.phase, Phase::FinalFlush) {
-                    self.phase = Phase::Draining;
+                    self.phase = Phase::Draining(Barrier::Finish);
                 }
             }
             ErrorAction::Stop => {
@@ -826,7 +895,7 @@ impl Coordinator {
             Cmd::SetSpeed(speed) => {
                 self.check(Verb::SetSpeed)?;
                 self.limiter.set_rate(speed);
-                let g = self.sh.opts.granularity;
+                let g = self.sh.bitmap.granularity();
                 let mut chunk = (self.sh.opts.buf_size / 16).clamp(g, 64 << 20);
                 if speed > 0 {
                     chunk = chunk.min((speed / 10).max(g));
@@ -877,11 +946,17 @@ impl Coordinator {
             }
             Cmd::Verb(Verb::Complete) => {
                 self.check(Verb::Complete)?;
-                if self.finish.is_some() {
-                    return Err(JobError::Refused(format!(
-                        "The active block job '{}' cannot be completed",
-                        self.sh.id
-                    )));
+                match self.finish {
+                    // As QEMU: refused only once a cancel was asked for; a
+                    // repeated complete is a no-op.
+                    Some(Finish::SoftCancel) => {
+                        return Err(JobError::Refused(format!(
+                            "The active block job '{}' cannot be completed",
+                            self.sh.id
+                        )))
+                    }
+                    Some(Finish::Complete) => return Ok(()),
+                    None => {}
                 }
                 // In standby, completion takes effect on resume.
                 self.finish = Some(Finish::Complete);

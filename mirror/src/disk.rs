@@ -10,7 +10,9 @@
 //!                             or write both sides (write-blocking)
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
@@ -54,13 +56,21 @@ pub struct Disk {
     pub(crate) gate: Gate,
     job_id: Mutex<Option<String>>,
     policy: Mutex<Option<OpPolicy>>,
+    /// Guest requests completed, and their summed latency: the job paces
+    /// its copying by how much it slows the guest down.
+    guest_ops: AtomicU64,
+    guest_latency_ns: AtomicU64,
 }
 
 /// Holds a request's place in the gate; leaving on drop.
-struct Ticket(Arc<Disk>);
+struct Ticket(Arc<Disk>, Instant);
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        let ns = self.1.elapsed().as_nanos() as u64;
+        // Relaxed: statistics, read by the job's pacer every few ms.
+        self.0.guest_ops.fetch_add(1, Ordering::Relaxed);
+        self.0.guest_latency_ns.fetch_add(ns, Ordering::Relaxed);
         self.0.gate.leave();
     }
 }
@@ -86,6 +96,8 @@ impl Disk {
             gate: Gate::new(),
             job_id: Mutex::new(None),
             policy: Mutex::new(None),
+            guest_ops: AtomicU64::new(0),
+            guest_latency_ns: AtomicU64::new(0),
         })
     }
 
@@ -103,6 +115,14 @@ impl Disk {
     /// The id of the job attached to the disk, if any.
     pub fn job_id(&self) -> Option<String> {
         self.job_id.lock().clone()
+    }
+
+    /// Guest requests completed so far and their summed latency (ns).
+    pub fn guest_io_totals(&self) -> (u64, u64) {
+        (
+            self.guest_ops.load(Ordering::Relaxed),
+            self.guest_latency_ns.load(Ordering::Relaxed),
+        )
     }
 
     /// Guest requests in flight.
@@ -177,7 +197,7 @@ impl Disk {
         // `me` always upgrades: `&self` comes from a live `Arc<Disk>`.
         let me = self.this()?;
         if self.gate.enter() {
-            Some(Ticket(me))
+            Some(Ticket(me, Instant::now()))
         } else {
             None
         }

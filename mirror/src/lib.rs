@@ -40,6 +40,7 @@ mod gate;
 mod job;
 mod link;
 mod options;
+mod pacer;
 mod state;
 
 pub use disk::{Disk, DiskBusy, DiskOp};
