@@ -8,7 +8,7 @@
 //! * find-next: a linear scan of the cluster words (no summary levels).
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use ringmirror_bitmap::DirtyBitmap;
 const RUNS: usize = 7;
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
 const TIB: u64 = 1 << 40;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -158,6 +159,65 @@ fn bench_marks() {
                 cpu(&naive),
             );
         }
+    }
+    println!();
+}
+
+fn bench_mark_and_take() {
+    const MARKS: usize = 4_000_000;
+    println!("### Marks while a taker sweeps: 1 writer + 1 taker thread, 64 KiB granularity\n");
+    println!(
+        "The writer makes random 4 KiB marks while the taker loops `take_run(cursor, 256)` \
+         (the mirror's pattern). A small disk makes them meet on the same words.\n"
+    );
+    println!("| disk | writer Mmarks/s | writer CPU ns/mark | taker Mruns/s | clusters per run |");
+    println!("|---|---|---|---|---|");
+    for len in [GIB, TIB] {
+        let offs = offsets(len, MARKS, 1);
+        let b = Arc::new(DirtyBitmap::new(len, 64 * KIB).unwrap());
+        let mut rows = Vec::new();
+        for _ in 0..RUNS {
+            b.clear_all();
+            let stop = Arc::new(AtomicBool::new(false));
+            let taker = {
+                let (b, stop) = (b.clone(), stop.clone());
+                thread::spawn(move || {
+                    let (mut runs, mut clusters, mut cursor) = (0u64, 0u64, 0u64);
+                    let t0 = Instant::now();
+                    while !stop.load(Ordering::Acquire) {
+                        if let Some((first, count)) = b.take_run(cursor, 256) {
+                            cursor = first + count;
+                            runs += 1;
+                            clusters += count;
+                        }
+                    }
+                    (runs, clusters, t0.elapsed())
+                })
+            };
+            let (bm, o) = (b.clone(), offs.clone());
+            let t = timed_threads(1, move |_| {
+                for &off in o[0].iter() {
+                    bm.mark(off, 4096).unwrap();
+                }
+            });
+            stop.store(true, Ordering::Release);
+            let (runs, clusters, taker_time) = taker.join().unwrap();
+            rows.push((
+                MARKS as f64 / t.wall.as_secs_f64() / 1e6,
+                t.cpu_ns.map_or(f64::NAN, |ns| ns as f64 / MARKS as f64),
+                runs as f64 / taker_time.as_secs_f64() / 1e6,
+                clusters as f64 / runs.max(1) as f64,
+            ));
+        }
+        let col = |i: usize| median(rows.iter().map(|r| [r.0, r.1, r.2, r.3][i]).collect());
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            if len >= TIB { "1 TiB" } else { "1 GiB" },
+            col(0),
+            col(1),
+            col(2),
+            col(3)
+        );
     }
     println!();
 }
@@ -380,6 +440,7 @@ fn main() {
     }
     if want("take") {
         bench_take();
+        bench_mark_and_take();
     }
     if want("find") {
         bench_find();
