@@ -39,7 +39,7 @@
 //! level, so a clean 64 TiB disk at 64 KiB (2^30 clusters, 5 levels) is
 //! scanned in a few loads. A striped counter gives the dirty count in O(1).
 //! Memory is about 2 MiB per TiB of disk at 64 KiB granularity (32 MiB at
-//! 4 KiB, 128 MiB at 512 B).
+//! 4 KiB, 260 MiB at 512 B); see `bench/RESULTS.md`.
 //!
 //! # Memory ordering, in brief
 //!
