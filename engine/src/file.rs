@@ -221,6 +221,21 @@ impl<E: Executor> Shared<E> {
         }
     }
 
+    /// The checks every modifying request starts with: writable, in range.
+    fn check_write(&self, op: OpKind, off: u64, len: u64) -> IoResult<()> {
+        if self.info.read_only {
+            return Err(IoError::new(
+                ErrorKind::ReadOnly,
+                op,
+                &self.info.name,
+                off,
+                len,
+                "opened read-only",
+            ));
+        }
+        check_range(&self.info.name, op, off, len, self.size())
+    }
+
     fn is_aligned(&self, off: u64, len: u64) -> bool {
         off.is_multiple_of(self.align) && len.is_multiple_of(self.align)
     }
@@ -569,18 +584,7 @@ impl<E: Executor> BlockDevice for FileDevice<E> {
     fn write(&self, offset: u64, mut buf: DmaBuf, fua: bool, done: BufDone) {
         let sh = &self.sh;
         let len = buf.len() as u64;
-        if sh.info.read_only {
-            let e = IoError::new(
-                ErrorKind::ReadOnly,
-                OpKind::Write,
-                &sh.info.name,
-                offset,
-                len,
-                "opened read-only",
-            );
-            return done(buf, Err(e));
-        }
-        if let Err(e) = check_range(&sh.info.name, OpKind::Write, offset, len, sh.size()) {
+        if let Err(e) = sh.check_write(OpKind::Write, offset, len) {
             return done(buf, Err(e));
         }
         if len == 0 {
@@ -624,18 +628,7 @@ impl<E: Executor> BlockDevice for FileDevice<E> {
 
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool, done: Done) {
         let sh = &self.sh;
-        if sh.info.read_only {
-            let e = IoError::new(
-                ErrorKind::ReadOnly,
-                OpKind::WriteZeroes,
-                &sh.info.name,
-                offset,
-                len,
-                "opened read-only",
-            );
-            return done(Err(e));
-        }
-        if let Err(e) = check_range(&sh.info.name, OpKind::WriteZeroes, offset, len, sh.size()) {
+        if let Err(e) = sh.check_write(OpKind::WriteZeroes, offset, len) {
             return done(Err(e));
         }
         if len == 0 {
@@ -697,18 +690,7 @@ impl<E: Executor> BlockDevice for FileDevice<E> {
 
     fn discard(&self, offset: u64, len: u64, done: Done) {
         let sh = &self.sh;
-        if sh.info.read_only {
-            let e = IoError::new(
-                ErrorKind::ReadOnly,
-                OpKind::Discard,
-                &sh.info.name,
-                offset,
-                len,
-                "opened read-only",
-            );
-            return done(Err(e));
-        }
-        if let Err(e) = check_range(&sh.info.name, OpKind::Discard, offset, len, sh.size()) {
+        if let Err(e) = sh.check_write(OpKind::Discard, offset, len) {
             return done(Err(e));
         }
         // Advisory: only whole aligned blocks are deallocated.
