@@ -155,6 +155,9 @@ pub(crate) struct Coordinator {
     chunk_clusters: u64,
     last_rate: (Instant, u64, u64),
     pacer: Pacer,
+    /// The target read as zeroes at start (`target-is-zero`, or it was one
+    /// big hole): zero ranges need not be written where the job never wrote.
+    target_zero: bool,
 }
 
 fn strerror(e: &IoError) -> String {
@@ -168,6 +171,17 @@ fn strerror(e: &IoError) -> String {
         }
         None => e.to_string(),
     }
+}
+
+/// True when `dev` is one unallocated hole from end to end (a new sparse
+/// file): it reads as zeroes everywhere.
+fn is_all_hole(dev: &dyn BlockDevice) -> bool {
+    let size = dev.size();
+    dev.info().sparse_aware
+        && match dev.extents(0, size) {
+            Ok(e) => e.iter().all(|x| x.kind == ExtentKind::Hole),
+            Err(_) => false,
+        }
 }
 
 impl Coordinator {
@@ -187,6 +201,7 @@ impl Coordinator {
             chunk = chunk.min((speed / 10).max(g));
         }
         let pacer = Pacer::new(chunk, buf_size.max(chunk), disk.guest_io_totals());
+        let target_zero = sh.opts.target_is_zero || is_all_hole(&*target);
         Coordinator {
             limiter: RateLimiter::new(speed, Duration::from_millis(10)),
             chunk_clusters: (chunk / g).max(1),
@@ -215,6 +230,7 @@ impl Coordinator {
             retry_after: None,
             last_rate: (Instant::now(), 0, 0),
             pacer,
+            target_zero,
         }
     }
 
@@ -695,7 +711,7 @@ impl Coordinator {
             .written
             .next_dirty(c0)
             .is_some_and(|c| c >= c0 && c < c1);
-        if self.sh.opts.target_is_zero && !ever_written {
+        if self.target_zero && !ever_written {
             self.copy_done(id);
             return;
         }
