@@ -64,9 +64,13 @@ pub struct CopyArgs {
     /// Compare source and destination after the copy; fail on any difference.
     #[arg(long)]
     pub verify: bool,
-    /// Use the page cache instead of O_DIRECT.
-    #[arg(long)]
-    pub buffered: bool,
+    /// How to use the page cache: `direct` (O_DIRECT both sides), `buffered`
+    /// (page cache both sides), or `auto`: O_DIRECT reads, and writes to a
+    /// new file through the page cache with writeback started as the copy
+    /// goes (delayed allocation lays the file out in large extents; an
+    /// existing destination or a block device is written with O_DIRECT).
+    #[arg(long, value_parser = ["auto", "direct", "buffered"], default_value = "auto")]
+    pub cache: String,
     /// Progress and summary as JSON lines on stdout.
     #[arg(long)]
     pub json: bool,
@@ -139,13 +143,12 @@ pub fn run(args: CopyArgs) -> Result<(), CliError> {
         ],
         ..EngineConfig::default()
     });
-    let direct = !args.buffered;
     let src = opener
         .open(
             src_path,
             &OpenOptions {
                 write: false,
-                direct,
+                direct: args.cache != "buffered",
             },
         )
         .map_err(|e| CliError::msg(format!("cannot open source: {e}")))?;
@@ -199,11 +202,17 @@ pub fn run(args: CopyArgs) -> Result<(), CliError> {
             let _ = fs::remove_file(dst_path);
         }
     };
+    let dst_is_file = fs::metadata(dst_path).is_ok_and(|m| m.is_file());
+    let dst_direct = match args.cache.as_str() {
+        "direct" => true,
+        "buffered" => false,
+        _ => !(created && dst_is_file),
+    };
     let dst = match opener.open(
         dst_path,
         &OpenOptions {
             write: true,
-            direct,
+            direct: dst_direct,
         },
     ) {
         Ok(d) => d,
@@ -242,7 +251,8 @@ pub fn run(args: CopyArgs) -> Result<(), CliError> {
         preallocate: match args.preallocate.as_str() {
             "on" => true,
             "off" => false,
-            _ => created && dst.info().kind == DeviceKind::File && !args.no_sparse,
+            // Only for O_DIRECT writes: buffered writes get delayed allocation.
+            _ => created && dst.info().kind == DeviceKind::File && dst_direct && !args.no_sparse,
         },
     };
     let stats = Arc::new(CopyStats::default());
