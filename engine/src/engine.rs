@@ -28,8 +28,8 @@ pub struct EngineConfig {
     /// Operations in flight per reactor; the completion queue holds twice as
     /// many, so it never overflows. Default 256.
     pub queue_depth: u32,
-    /// Registered-buffer size classes. Default: 256 × 64 KiB and 64 × 1 MiB
-    /// (80 MiB, registered with every ring).
+    /// Registered-buffer size classes. Default: 128 × 64 KiB and 32 × 1 MiB
+    /// (40 MiB, registered with every ring; larger requests use heap buffers).
     pub arenas: Vec<ArenaClass>,
     /// Register the arenas with the rings (READ_FIXED/WRITE_FIXED). When the
     /// memlock limit is too low this falls back to plain buffers, loudly.
@@ -48,11 +48,11 @@ impl Default for EngineConfig {
             arenas: vec![
                 ArenaClass {
                     chunk_size: 64 << 10,
-                    count: 256,
+                    count: 128,
                 },
                 ArenaClass {
                     chunk_size: 1 << 20,
-                    count: 64,
+                    count: 32,
                 },
             ],
             register_buffers: true,
