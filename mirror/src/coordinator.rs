@@ -122,6 +122,11 @@ const FREEZE_CLUSTERS: u64 = 256;
 /// What a copy counts against the pacer's window at least.
 const MIN_COPY_COST: u64 = 16 << 10;
 
+/// A hold for READY that takes longer than this is abandoned ...
+const MAX_READY_HOLD: Duration = Duration::from_millis(300);
+/// ... and tried again after this.
+const READY_HOLD_RETRY: Duration = Duration::from_secs(1);
+
 /// Runs shorter than this are copied without mapping the source's extents
 /// first (two lseek calls cost more than reading a few zero blocks).
 const MIN_EXTENT_MAP_BYTES: u64 = 256 << 10;
@@ -158,6 +163,10 @@ pub(crate) struct Coordinator {
     /// The target read as zeroes at start (`target-is-zero`, or it was one
     /// big hole): zero ranges need not be written where the job never wrote.
     target_zero: bool,
+    /// When guest I/O was last held, and when a READY hold may be tried
+    /// again after one was abandoned.
+    hold_since: Instant,
+    hold_again_after: Option<Instant>,
 }
 
 fn strerror(e: &IoError) -> String {
@@ -231,6 +240,8 @@ impl Coordinator {
             last_rate: (Instant::now(), 0, 0),
             pacer,
             target_zero,
+            hold_since: Instant::now(),
+            hold_again_after: None,
         }
     }
 
@@ -314,6 +325,12 @@ impl Coordinator {
 
     fn next_timeout(&self) -> Duration {
         let mut t = TICK;
+        if matches!(
+            self.phase,
+            Phase::Quiescing(Barrier::Ready) | Phase::Draining(Barrier::Ready)
+        ) {
+            t = t.min((self.hold_since + MAX_READY_HOLD).saturating_duration_since(Instant::now()));
+        }
         if !self.copies.is_empty() || !self.sh.bitmap.is_clean() {
             t = t.min(
                 self.pacer
@@ -382,6 +399,14 @@ impl Coordinator {
                     _ => {}
                 }
             }
+            Phase::Quiescing(b) | Phase::Draining(b)
+                if b == Barrier::Ready && self.hold_since.elapsed() > MAX_READY_HOLD =>
+            {
+                // The guest must not wait on a slow device for the sake of a
+                // READY event: let go, and try again a little later.
+                self.back_to_run();
+                self.hold_again_after = Some(Instant::now() + READY_HOLD_RETRY);
+            }
             Phase::Quiescing(b) => {
                 if self.disk.gate.in_flight() == 0 {
                     self.phase = Phase::Draining(b);
@@ -433,6 +458,10 @@ impl Coordinator {
     }
 
     fn begin_quiesce(&mut self, barrier: Barrier) {
+        if barrier == Barrier::Ready && self.hold_again_after.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.hold_since = Instant::now();
         self.phase = Phase::Quiescing(barrier);
         let tx = self.sh.tx.clone();
         self.disk.gate.close(Box::new(move || {
