@@ -122,17 +122,27 @@ def sections(out):
         summary = {}
         for kind in NAMES:
             for mode in ["none", "background", "write-blocking"]:
-                rs = [r for r in rs_wl if r["kind"] == kind and r["mode"] == mode]
-                if not rs:
+                all_rs = [r for r in rs_wl if r["kind"] == kind and r["mode"] == mode]
+                if not all_rs:
                     continue
-                errs = [r for r in rs if r.get("error")]
+                # runs that failed before measuring anything are left out of the medians
+                errs = [r for r in all_rs if r.get("error") and not r.get("windows")]
+                rs = [r for r in all_rs if r not in errs]
+                err_txt = "; ".join(f"run {r['rep'] + 1} FAILED: {r['error']}" for r in errs)
+                label = mode if mode != "none" else "no job"
+                if errs:
+                    label += f" ({len(rs)} of {len(all_rs)} runs measured)"
+                if not rs:
+                    rows.append([NAMES[kind], label] + ["-"] * 10 + [f"**{err_txt}**"])
+                    continue
                 if mode == "none":
                     st = {k: _wmed(rs, "whole", k) for k in ("iops", "p50", "p99", "p999", "max")}
                     summary[(kind, mode)] = st
-                    rows.append([NAMES[kind], "no job", "-", fmt(st["iops"], 0), "-", "-", "-",
+                    rows.append([NAMES[kind], label, "-", fmt(st["iops"], 0), "-", "-", "-",
                                  f"{fmt(st['p50'], 2)} / {fmt(st['p99'], 2)} / {fmt(st['p999'], 1)}",
-                                 "-", "-", "-", fmt(_med(rs, "cpu_s") / _med(rs, "load_s") * 60 if rs else None, 1),
-                                 "-" if not errs else "**" + "; ".join(e["error"] for e in errs) + "**"])
+                                 "-", "-", "-",
+                                 fmt(median([r["cpu_s"] / r["load_s"] * 60 for r in rs if r.get("cpu_s") is not None]), 1),
+                                 "-" if not errs else f"**{err_txt}**"])
                     continue
                 conv = [r for r in rs if r.get("ready_s") is not None]
                 if len(conv) == len(rs):
@@ -140,10 +150,10 @@ def sections(out):
                 else:
                     nc = [r for r in rs if r.get("ready_s") is None]
                     ncs = median([r.get("not_converged_s") for r in nc])
-                    copied = median([(r.get("progress") or [(0, 0, 0, 0)])[-1][1] for r in nc])
+                    copied = median([(r.get("at_deadline") or {}).get("offset") for r in nc])
                     after = median([r.get("ready_after_stop_s") for r in nc])
-                    ready = (f"**did not converge in {ncs:.0f} s** ({len(nc)} of {len(rs)} runs; "
-                             f"{copied / 1e9 if copied else 0:.1f} GB copied; READY {fmt(after, 1)} s "
+                    ready = (f"**did not converge in {fmt(ncs, 0)} s** ({len(nc)} of {len(rs)} runs; "
+                             f"{copied / 1e9 if copied else 0:.1f} GB copied by then; READY {fmt(after, 1)} s "
                              f"after the load stopped)")
                     if conv:
                         ready += f"; converged runs: {fmt(_med(conv, 'ready_s'), 1)} s"
@@ -159,8 +169,10 @@ def sections(out):
                     if r.get("verify_ok") is True and r.get("export_ok"):
                         continue
                     ver.append(r.get("verify_msg") or r.get("export_msg") or r.get("error") or "not verified")
+                if errs:
+                    ver.append(err_txt)
                 vtxt = "ok" if not ver else "**" + "; ".join(ver) + "**"
-                rows.append([NAMES[kind], mode, ready, fmt(st["before"]["iops"], 0), fmt(mr["iops"], 0),
+                rows.append([NAMES[kind], label, ready, fmt(st["before"]["iops"], 0), fmt(mr["iops"], 0),
                              fmt(st["ready_to_complete"]["iops"], 0), fmt(st["after_complete"]["iops"], 0),
                              f"{fmt(mr['p50'], 2)} / {fmt(mr['p99'], 2)} / {fmt(mr['p999'], 1)}",
                              f"{fmt(st['ready_to_complete']['p99'], 2)} / {fmt(st['after_complete']['p99'], 2)}",
@@ -341,4 +353,5 @@ if __name__ == "__main__":
         from lib.report import update_section
         for name, md in sections(o):
             update_section(name, md)
+        plot_progress(o)
     print(render(o))

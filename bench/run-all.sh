@@ -64,11 +64,13 @@ cp "$bin" "$dir/ringmirror.bin"
 export RINGMIRROR_BIN="$dir/ringmirror.bin"
 export RINGMIRROR_BUILD_DESC="$desc"
 
+status=0
 if [ $copy = 1 ]; then
-  bench/copy.sh --reps "$reps" > /dev/null
+  bench/copy.sh --reps "$reps" > /dev/null || { echo "run-all: copy.sh FAILED" >&2; status=1; }
 fi
 if [ $mirror = 1 ]; then
-  bench/mirror.sh --reps "$reps" --workloads "$workloads" > /dev/null
+  bench/mirror.sh --reps "$reps" --workloads "$workloads" > /dev/null \
+    || { echo "run-all: mirror.sh FAILED" >&2; status=1; }
 fi
 python3 bench/machine_section.py "$(( $(date +%s) - start ))" "$cmdline" "$la0" > /dev/null
 if [ $keep = 0 ]; then
@@ -76,3 +78,4 @@ if [ $keep = 0 ]; then
         "$dir"/ceiling-new.img "$dir/ringmirror.bin"
 fi
 echo "run-all: done in $(( ($(date +%s) - start) / 60 )) min; see bench/RESULTS.md"
+exit $status
