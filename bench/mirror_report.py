@@ -1,4 +1,4 @@
-"""Tables and plots of bench/mirror_bench.py's raw JSON (also usable alone:
+"""Tables and plots of bench/mirror_vs_qsd.py's raw JSON (also usable alone:
 `python3 bench/mirror_report.py bench/out/mirror-STAMP.json` re-renders)."""
 
 import json

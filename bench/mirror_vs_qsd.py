@@ -274,7 +274,7 @@ def main():
     ap.add_argument("--no-results", action="store_true")
     ap.add_argument("--out", default=None, help="raw JSON path (default bench/out/mirror-STAMP.json)")
     a = ap.parse_args()
-    from copy_bench import parse_size
+    from copy_vs_peers import parse_size
     size = parse_size(a.size)
     d = scratch_dir()
     (d / "run").mkdir(exist_ok=True)
@@ -331,6 +331,7 @@ def main():
                 if "_log" in r:
                     logs[(wl, kind, r["mode"])] = (r.pop("_log"), r)
                 out["load"].append(r)
+                save_json(out_path, out)      # after every run: a killed run keeps its data
                 w = r.get("windows", {})
                 log(f"{wl} rep{rep} {kind} {r['mode']}: ready {r.get('ready_s')} "
                     f"not_conv {r.get('not_converged_s')} iops {(w.get('mirror_to_ready') or w.get('whole') or {}).get('iops')} "
