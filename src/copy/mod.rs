@@ -57,19 +57,18 @@ pub struct CopyArgs {
     /// Resize an existing destination file to the source's size.
     #[arg(long)]
     pub resize: bool,
-    /// Preallocate a new destination's data ranges before writing (default
-    /// on for new files).
-    #[arg(long, value_parser = ["auto", "on", "off"], default_value = "auto")]
-    pub preallocate: String,
+    /// Preallocate a new destination's data ranges (fallocate) before writing
+    /// them. Off by default: measured slower here than delayed allocation.
+    #[arg(long)]
+    pub preallocate: bool,
     /// Compare source and destination after the copy; fail on any difference.
     #[arg(long)]
     pub verify: bool,
-    /// How to use the page cache: `direct` (O_DIRECT both sides), `buffered`
-    /// (page cache both sides), or `auto`: O_DIRECT reads, and writes to a
-    /// new file through the page cache with writeback started as the copy
-    /// goes (delayed allocation lays the file out in large extents; an
-    /// existing destination or a block device is written with O_DIRECT).
-    #[arg(long, value_parser = ["auto", "direct", "buffered"], default_value = "auto")]
+    /// `direct`: O_DIRECT on both sides (the default: predictable, and no
+    /// page-cache pollution). `buffered`: through the page cache, with
+    /// writeback started as the copy goes (can be faster into a new file on
+    /// filesystems where direct writes pay for allocation; see DESIGN.md).
+    #[arg(long, value_parser = ["direct", "buffered"], default_value = "direct")]
     pub cache: String,
     /// Progress and summary as JSON lines on stdout.
     #[arg(long)]
@@ -92,6 +91,33 @@ fn same_file(a: &Path, b: &Path) -> bool {
 fn free_space(dir: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Run `work` on its own thread, calling `tick` every `period` until it is
+/// done (and not a tick longer).
+fn with_progress<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+    period: Duration,
+    tick: impl Fn(),
+) -> Result<T, CliError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name(format!("rm-{what}"))
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| CliError::msg(format!("cannot start the {what} thread: {e}")))?;
+    loop {
+        tick();
+        match rx.recv_timeout(period) {
+            Ok(v) => return Ok(v),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(CliError::msg(format!("the {what} thread panicked")))
+            }
+        }
+    }
 }
 
 /// Run `ringmirror copy`.
@@ -202,12 +228,7 @@ pub fn run(args: CopyArgs) -> Result<(), CliError> {
             let _ = fs::remove_file(dst_path);
         }
     };
-    let dst_is_file = fs::metadata(dst_path).is_ok_and(|m| m.is_file());
-    let dst_direct = match args.cache.as_str() {
-        "direct" => true,
-        "buffered" => false,
-        _ => !(created && dst_is_file),
-    };
+    let dst_direct = args.cache != "buffered";
     let dst = match opener.open(
         dst_path,
         &OpenOptions {
@@ -248,12 +269,7 @@ pub fn run(args: CopyArgs) -> Result<(), CliError> {
         sparse: !args.no_sparse,
         target_is_zero: created || args.target_is_zero,
         speed: args.speed,
-        preallocate: match args.preallocate.as_str() {
-            "on" => true,
-            "off" => false,
-            // Only for O_DIRECT writes: buffered writes get delayed allocation.
-            _ => created && dst.info().kind == DeviceKind::File && dst_direct && !args.no_sparse,
-        },
+        preallocate: args.preallocate && created && dst.info().kind == DeviceKind::File,
     };
     let stats = Arc::new(CopyStats::default());
     let cancel = Arc::new(AtomicBool::new(false));
@@ -264,26 +280,22 @@ pub fn run(args: CopyArgs) -> Result<(), CliError> {
 
     let progress = Progress::new("copy", size, args.json, args.quiet);
     let start = Instant::now();
-    let worker = {
-        let (src, dst, stats, cancel, params) = (
+    let tick = Duration::from_millis(if args.json { 500 } else { 100 });
+    let res = {
+        let (src, dst, st, cancel, params) = (
             src.clone(),
             dst.clone(),
             stats.clone(),
             cancel.clone(),
             params.clone(),
         );
-        std::thread::Builder::new()
-            .name("rm-copy".into())
-            .spawn(move || copy(&src, &dst, &params, &stats, &cancel))
-            .map_err(|e| CliError::msg(format!("cannot start the copy thread: {e}")))?
+        with_progress(
+            "copy",
+            move || copy(&src, &dst, &params, &st, &cancel),
+            tick,
+            || progress.update(stats.done.load(Ordering::Relaxed), size, "copying"),
+        )?
     };
-    while !worker.is_finished() {
-        progress.update(stats.done.load(Ordering::Relaxed), size, "copying");
-        std::thread::sleep(Duration::from_millis(if args.json { 500 } else { 100 }));
-    }
-    let res = worker
-        .join()
-        .map_err(|_| CliError::msg("the copy thread panicked".to_string()))?;
     let secs = start.elapsed().as_secs_f64();
     progress.finish();
     if let Err(e) = res {
@@ -321,20 +333,18 @@ pub fn run(args: CopyArgs) -> Result<(), CliError> {
         let done = Arc::new(AtomicU64::new(0));
         let vprog = Progress::new("verify", size, args.json, args.quiet);
         let vstart = Instant::now();
-        let worker = {
-            let (src, dst, done) = (src.clone(), dst.clone(), done.clone());
+        let res = {
+            let (src, dst, d) = (src.clone(), dst.clone(), done.clone());
             let (req, lanes) = (params.request_size, lanes);
-            std::thread::spawn(move || verify(&src, &dst, req, lanes, &done))
+            with_progress(
+                "verify",
+                move || verify(&src, &dst, req, lanes, &d),
+                tick,
+                || vprog.update(done.load(Ordering::Relaxed), size, "verifying"),
+            )?
         };
-        while !worker.is_finished() {
-            vprog.update(done.load(Ordering::Relaxed), size, "verifying");
-            std::thread::sleep(Duration::from_millis(100));
-        }
         vprog.finish();
-        match worker
-            .join()
-            .map_err(|_| CliError::msg("the verify thread panicked".to_string()))?
-        {
+        match res {
             Ok(()) => verified = Some(vstart.elapsed().as_secs_f64()),
             Err(VerifyError::Differ(at)) => {
                 return Err(CliError::msg(format!(
