@@ -207,6 +207,16 @@ def run_load(kind, mode, workload, src, d, size, load_s, baseline_s, keep_log=Fa
                                    f"block-job-complete explains; first offsets "
                                    f"{[int(b) * 4096 for b in bad[:5]]}")
                 log(f"VERIFY FAILED {tag}: {r['verify_msg']}")
+                r["forensics"] = forensics(src, tgt, bad, L, r)
+                log(f"forensics {tag}: {r['forensics']}")
+                keep = d / "failed"
+                keep.mkdir(exist_ok=True)
+                stamp = time.strftime("%H%M%S")
+                tgt.rename(keep / f"{tag}-{stamp}-target.img")
+                for f in (d / "run").glob(f"{tag}_lat.*.log"):
+                    f.rename(keep / f"{tag}-{stamp}-{f.name}")
+                np.save(keep / f"{tag}-{stamp}-unexplained.npy", bad)
+                r["kept"] = str(keep / f"{tag}-{stamp}-*")
             ok2, msg2 = export_check(dm, src, tgt, size)
             r["export_ok"], r["export_msg"] = ok2, msg2
             if not ok2:
@@ -224,9 +234,33 @@ def run_load(kind, mode, workload, src, d, size, load_s, baseline_s, keep_log=Fa
         r["rc"] = dm.stop()
         r["stderr_tail"] = dm.stderr_path.read_text(errors="replace")[-1000:]
         rm_f(tgt)
-        for f in (d / "run").glob(f"{tag}_lat.*.log"):
+        for f in (d / "run").glob(f"{tag}_*lat.*.log"):
             rm_f(f)
     return r
+
+
+def forensics(src, tgt, bad, L, r, sample=2000):
+    """What the unexplained differing blocks look like (sampled)."""
+    idx = bad[np.linspace(0, len(bad) - 1, min(sample, len(bad))).astype(np.int64)]
+    zt = zs = 0
+    with open(src, "rb") as fs, open(tgt, "rb") as ft:
+        for b in idx:
+            fs.seek(int(b) * 4096)
+            ft.seek(int(b) * 4096)
+            zs += fs.read(4096) == bytes(4096)
+            zt += ft.read(4096) == bytes(4096)
+    cs = r["t_complete_sent"]
+    w = L["ddir"] == 1
+    wb = np.unique(L["off"][w & (L["t"] < cs)] // 4096)
+    wa = np.unique(L["off"][w] // 4096)
+    ra = np.unique(L["off"][(L["ddir"] == 0) & (L["t"] >= cs)] // 4096)
+    return {"sampled": int(len(idx)), "target_zero": int(zt), "source_zero": int(zs),
+            "written_before_complete": int(np.isin(idx, wb).sum()),
+            "written_any_time": int(np.isin(idx, wa).sum()),
+            "read_after_complete": int(np.isin(idx, ra).sum()),
+            "log_entries": int(len(L)), "log_writes": int(w.sum()),
+            "fio_write_ios": r.get("fio", {}).get("write", {}).get("total_ios"),
+            "first_log_t": float(L["t"][0]) if len(L) else None, "t_complete_sent": cs}
 
 
 def analyse(r, L):

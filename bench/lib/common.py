@@ -35,7 +35,42 @@ def scratch_dir(min_free_gb=20):
                             text=True).stdout.strip()
     if fstype in ("tmpfs", "ramfs"):
         sys.exit(f"bench: {d} is on {fstype}; O_DIRECT needs a real disk")
+    lock_scratch(d)
     return d
+
+
+_LOCK = None
+
+
+def lock_scratch(d, wait_s=7200):
+    """Take the scratch dir's exclusive lock for the whole process: two
+    harness instances sharing the images and socket paths ruin each other's
+    figures and verification. Waits (with a message) while another holds it."""
+    global _LOCK
+    import fcntl
+    if _LOCK is not None:
+        return
+    f = open(Path(d) / ".bench.lock", "a+")
+    t0 = time.monotonic()
+    told = False
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if not told:
+                f.seek(0)
+                log(f"another benchmark holds {d}/.bench.lock ({f.read().strip()}); waiting "
+                    f"(or set RINGMIRROR_BENCH_DIR to another directory)")
+                told = True
+            if time.monotonic() - t0 > wait_s:
+                sys.exit(f"bench: {d} still locked after {wait_s} s")
+            time.sleep(5)
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}: {' '.join(sys.argv)}\n")
+    f.flush()
+    _LOCK = f
 
 
 def run(cmd, check=True, **kw):
