@@ -42,24 +42,36 @@ impl RateLimiter {
         self.bytes_per_sec
     }
 
-    /// How long to wait before `bytes` may be sent; `Duration::ZERO` means
-    /// now, and then the grant is recorded. When the answer is non-zero
-    /// nothing is recorded: ask again after waiting.
-    pub fn try_grant(&mut self, bytes: u64) -> Duration {
+    /// How long to wait before anything more may be sent (zero: now).
+    pub fn wait_time(&self) -> Duration {
         if self.bytes_per_sec == 0 {
             return Duration::ZERO;
+        }
+        let lead = self.clock.saturating_duration_since(Instant::now());
+        lead.saturating_sub(self.burst)
+    }
+
+    /// Record that `bytes` were sent now.
+    pub fn record(&mut self, bytes: u64) {
+        if self.bytes_per_sec == 0 {
+            return;
         }
         let now = Instant::now();
         if self.clock < now {
             self.clock = now;
         }
-        let lead = self.clock - now;
-        if lead > self.burst {
-            return lead - self.burst;
+        self.clock += Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+    }
+
+    /// How long to wait before `bytes` may be sent; `Duration::ZERO` means
+    /// now, and then the grant is recorded. When the answer is non-zero
+    /// nothing is recorded: ask again after waiting.
+    pub fn try_grant(&mut self, bytes: u64) -> Duration {
+        let wait = self.wait_time();
+        if wait.is_zero() {
+            self.record(bytes);
         }
-        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
-        self.clock += cost;
-        Duration::ZERO
+        wait
     }
 }
 

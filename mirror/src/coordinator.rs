@@ -119,7 +119,7 @@ const FREEZE_BYTES: u64 = 2 << 20;
 /// ... in at most this many clusters (small scattered copies cost IOPS).
 const FREEZE_CLUSTERS: u64 = 256;
 
-/// What a copy counts against the pacer's window at least.
+/// What a copy counts against the in-flight budget at least.
 const MIN_COPY_COST: u64 = 16 << 10;
 
 /// A hold for READY that takes longer than this is abandoned ...
@@ -151,6 +151,8 @@ pub(crate) struct Coordinator {
     awaiting_finalize: bool,
     finalized: bool,
     limiter: RateLimiter,
+    /// The pacer's rate (guest protection), apart from the user's speed.
+    pace: RateLimiter,
     cursor: u64,
     copies: HashMap<u64, Copy>,
     next_id: u64,
@@ -209,10 +211,11 @@ impl Coordinator {
         if speed > 0 {
             chunk = chunk.min((speed / 10).max(g));
         }
-        let pacer = Pacer::new(chunk, buf_size.max(chunk), disk.guest_io_totals());
+        let pacer = Pacer::new(disk.guest_io_totals());
         let target_zero = sh.opts.target_is_zero || is_all_hole(&*target);
         Coordinator {
             limiter: RateLimiter::new(speed, Duration::from_millis(10)),
+            pace: RateLimiter::new(0, Duration::from_millis(5)),
             chunk_clusters: (chunk / g).max(1),
             sh,
             disk,
@@ -630,13 +633,19 @@ impl Coordinator {
             self.retry_after = None;
         }
         let g = self.sh.bitmap.granularity();
-        self.pacer.tick(Instant::now(), self.disk.guest_io_totals());
-        // With guest I/O held (barriers), nothing to protect: full buffer.
-        let buf_size = if matches!(self.phase, Phase::Draining(_)) {
-            self.sh.opts.buf_size.max(g)
-        } else {
-            self.pacer.window().max(g)
-        };
+        // With guest I/O held (barriers) there is no guest to protect.
+        let held = matches!(self.phase, Phase::Draining(_));
+        if !held {
+            self.pacer.tick(Instant::now(), self.disk.guest_io_totals());
+            if self.pacer.holds_copy() {
+                self.retry_after = Some(self.pacer.next_tick());
+                return;
+            }
+            if self.pace.rate() != self.pacer.rate() {
+                self.pace.set_rate(self.pacer.rate());
+            }
+        }
+        let buf_size = self.sh.opts.buf_size.max(g);
         let clusters = self.sh.bitmap.clusters();
         let mut skipped = 0u64;
         // Small copies cost IOPS more than bytes: count each as at least
@@ -650,12 +659,20 @@ impl Coordinator {
                 return;
             };
             let (lo, hi) = (first * g, (first + count) * g);
-            let wait = self
-                .limiter
-                .try_grant((hi - lo).min(self.sh.bitmap.len() - lo));
+            let pace_wait = if held {
+                Duration::ZERO
+            } else {
+                self.pace.wait_time()
+            };
+            let wait = self.limiter.wait_time().max(pace_wait);
             if !wait.is_zero() {
                 self.retry_after = Some(Instant::now() + wait);
                 return;
+            }
+            let bytes = (hi - lo).min(self.sh.bitmap.len() - lo);
+            self.limiter.record(bytes);
+            if !held {
+                self.pace.record(bytes);
             }
             // Lock the run, or at least its first cluster; else skip it.
             let locked = match self.link.locks.try_acquire(lo, hi, true) {

@@ -1,60 +1,82 @@
-//! [`Pacer`]: how much copying may be in flight, so that the guest keeps
-//! most of its speed while a job copies.
+//! [`Pacer`]: how fast the job may copy so that the guest keeps most of its
+//! speed while it does.
 //!
-//! AIMD on the guest's own latency, measured by the [`crate::Disk`] on
-//! every guest request: every interval the mean guest latency is compared
-//! with the guest's latency measured with the copy at its gentlest. Above
-//! `SLOWDOWN` times that baseline the copy window halves; below it grows by
-//! one chunk. Without guest I/O the window is the whole buffer: an idle
-//! guest gets a full-speed copy.
+//! AIMD on a copy rate, driven by the guest's own latency, which the
+//! [`crate::Disk`] measures on every guest request. While the guest is
+//! active the pacer first *probes*: it stops the copy for a few intervals and
+//! learns the guest's latency undisturbed (the baseline). Then every
+//! interval it compares the guest's mean latency with the baseline: above
+//! `SLOWDOWN` times the baseline the rate halves, below it grows by a step.
+//! It probes again every `REPROBE`, since guests change. Without guest I/O
+//! the copy is unlimited.
 //!
 //! ```text
-//!  window ▲  ___/‾‾‾\\___/‾‾‾\\     guest latency ▲     ‾‾‾SLOWDOWN×baseline‾‾
-//!         │ /          \\/          \\            │ ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-//!         └──────────────────────► t            └────────────────────────────► t
+//!   rate ▲      /|    /|   /‾‾        guest latency ▲  ....SLOWDOWN x baseline....
+//!        │     / |   / |  /                         │ ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+//!        │ ___/  |__/  |_/                          │
+//!        └─probe──────────────────► t               └────────────────────────────► t
 //! ```
 
 use std::time::{Duration, Instant};
 
-/// Guest latency may rise to this multiple of its baseline (1 / SLOWDOWN of
-/// its IOPS at a fixed queue depth: about 83%).
+/// Guest latency may rise to this multiple of its baseline: at a fixed
+/// queue depth the guest keeps about 1 / SLOWDOWN of its IOPS.
 const SLOWDOWN: f64 = 1.2;
 /// Length of one measurement interval.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
-/// Intervals the copy stays at its gentlest at start, to learn the baseline.
-const PROBE_INTERVALS: u32 = 3;
+/// Intervals of a probe (copy stopped); the first is not measured, as
+/// copies issued before it may still be completing.
+const PROBE_INTERVALS: u32 = 4;
+/// How often the baseline is measured again.
+const REPROBE: Duration = Duration::from_secs(10);
 /// An interval with fewer guest requests than this says nothing.
 const MIN_SAMPLES: u64 = 20;
+/// The rate after a probe, the additive step, and the floor (bytes/s).
+const START_RATE: u64 = 64 << 20;
+const STEP: u64 = 32 << 20;
+const MIN_RATE: u64 = 4 << 20;
+/// At or above this, the copy is not limited at all.
+const UNLIMITED: u64 = 4 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// The guest is idle (or not yet seen): copy at full speed.
+    Idle,
+    /// Copy stopped; learning the baseline. `left` intervals to go.
+    Probing { left: u32, ops: u64, lat: u64 },
+    /// Pacing against `baseline_ns`.
+    Pacing { baseline_ns: f64 },
+}
 
 pub(crate) struct Pacer {
-    window: u64,
-    min: u64,
-    max: u64,
-    baseline_ns: Option<f64>,
-    probe_left: u32,
-    probe_sum: (u64, u64),
+    state: State,
+    rate: u64,
     last_at: Instant,
     last: (u64, u64),
+    next_probe: Instant,
 }
 
 impl Pacer {
-    /// A pacer for copies of `chunk` bytes and a buffer of `max` bytes.
-    pub(crate) fn new(chunk: u64, max: u64, totals: (u64, u64)) -> Pacer {
+    /// A pacer starting from the guest's running totals `(ops, latency_ns)`.
+    pub(crate) fn new(totals: (u64, u64)) -> Pacer {
+        let now = Instant::now();
         Pacer {
-            window: chunk.min(max),
-            min: chunk.min(max),
-            max,
-            baseline_ns: None,
-            probe_left: PROBE_INTERVALS,
-            probe_sum: (0, 0),
-            last_at: Instant::now(),
+            state: State::Idle,
+            rate: 0,
+            last_at: now,
             last: totals,
+            next_probe: now,
         }
     }
 
-    /// Bytes of copying allowed in flight now.
-    pub(crate) fn window(&self) -> u64 {
-        self.window
+    /// True while the copy must stand still (probing the baseline).
+    pub(crate) fn holds_copy(&self) -> bool {
+        matches!(self.state, State::Probing { .. })
+    }
+
+    /// The copy rate allowed now, bytes/s (0 = unlimited).
+    pub(crate) fn rate(&self) -> u64 {
+        self.rate
     }
 
     /// When the next interval ends.
@@ -62,8 +84,7 @@ impl Pacer {
         self.last_at + INTERVAL
     }
 
-    /// Feed the guest's running totals `(ops, latency_ns)`; adjusts the
-    /// window once per interval.
+    /// Feed the guest's running totals; acts once per interval.
     pub(crate) fn tick(&mut self, now: Instant, totals: (u64, u64)) {
         if now < self.last_at + INTERVAL {
             return;
@@ -72,33 +93,63 @@ impl Pacer {
         let lat = totals.1.saturating_sub(self.last.1);
         self.last = totals;
         self.last_at = now;
-        if ops < MIN_SAMPLES {
-            // No guest to protect: copy at full speed.
-            self.window = self.max;
-            return;
-        }
-        if self.probe_left > 0 || self.baseline_ns.is_none() {
-            // Learn the baseline with the copy at its gentlest.
-            self.window = self.min;
-            self.probe_sum.0 += ops;
-            self.probe_sum.1 += lat;
-            self.probe_left = self.probe_left.saturating_sub(1);
-            if self.probe_left == 0 {
-                self.baseline_ns = Some(self.probe_sum.1 as f64 / self.probe_sum.0 as f64);
+        let active = ops >= MIN_SAMPLES;
+        self.state = match self.state {
+            State::Probing {
+                left,
+                ops: po,
+                lat: pl,
+            } => {
+                // The first probe interval is skipped (copies draining).
+                let (po, pl) = if left == PROBE_INTERVALS {
+                    (0, 0)
+                } else {
+                    (po + ops, pl + lat)
+                };
+                if left > 1 {
+                    State::Probing {
+                        left: left - 1,
+                        ops: po,
+                        lat: pl,
+                    }
+                } else if po >= MIN_SAMPLES {
+                    self.rate = START_RATE;
+                    self.next_probe = now + REPROBE;
+                    State::Pacing {
+                        baseline_ns: pl as f64 / po as f64,
+                    }
+                } else {
+                    // The guest went quiet while we looked.
+                    self.rate = 0;
+                    State::Idle
+                }
             }
-            return;
-        }
-        let mean = lat as f64 / ops as f64;
-        let base = self.baseline_ns.unwrap_or(mean);
-        if mean > base * SLOWDOWN {
-            self.window = (self.window / 2).max(self.min);
-        } else {
-            self.window = (self.window + self.min).min(self.max);
-            // A guest faster than its baseline was measured under load:
-            // follow it down slowly.
-            if mean < base {
-                self.baseline_ns = Some(base * 0.9 + mean * 0.1);
+            _ if !active => {
+                self.rate = 0;
+                State::Idle
             }
+            State::Idle => self.probe(),
+            State::Pacing { .. } if now >= self.next_probe => self.probe(),
+            State::Pacing { baseline_ns } => {
+                let mean = lat as f64 / ops as f64;
+                let current = if self.rate == 0 { UNLIMITED } else { self.rate };
+                self.rate = if mean > baseline_ns * SLOWDOWN {
+                    (current / 2).max(MIN_RATE)
+                } else if current + STEP >= UNLIMITED {
+                    0
+                } else {
+                    current + STEP
+                };
+                State::Pacing { baseline_ns }
+            }
+        };
+    }
+
+    fn probe(&mut self) -> State {
+        State::Probing {
+            left: PROBE_INTERVALS,
+            ops: 0,
+            lat: 0,
         }
     }
 }
@@ -107,32 +158,62 @@ impl Pacer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn idle_guest_gets_the_whole_buffer_and_a_slowed_guest_halves_it() {
-        let mut p = Pacer::new(1 << 20, 16 << 20, (0, 0));
-        let mut t = Instant::now();
-        let mut totals = (0u64, 0u64);
-        let mut step = |p: &mut Pacer, ops: u64, mean_ns: u64| {
-            t += INTERVAL;
-            totals = (totals.0 + ops, totals.1 + ops * mean_ns);
-            p.tick(t, totals);
-            p.window()
-        };
-        assert_eq!(step(&mut p, 0, 0), 16 << 20, "idle guest: full speed");
-        // A guest appears: probe at the gentlest window.
-        for _ in 0..PROBE_INTERVALS {
-            assert_eq!(step(&mut p, 1000, 100_000), 1 << 20);
+    struct Sim {
+        p: Pacer,
+        t: Instant,
+        totals: (u64, u64),
+    }
+
+    impl Sim {
+        fn step(&mut self, ops: u64, mean_ns: u64) -> (bool, u64) {
+            self.t += INTERVAL;
+            self.totals = (self.totals.0 + ops, self.totals.1 + ops * mean_ns);
+            self.p.tick(self.t, self.totals);
+            (self.p.holds_copy(), self.p.rate())
         }
-        // Guest at baseline: grow one chunk per interval.
-        assert_eq!(step(&mut p, 1000, 100_000), 2 << 20);
-        assert_eq!(step(&mut p, 1000, 110_000), 3 << 20);
-        // Guest slowed by 50%: halve.
-        assert_eq!(step(&mut p, 1000, 150_000), (3 << 20) / 2);
-        assert_eq!(step(&mut p, 1000, 150_000), 1 << 20);
-        assert_eq!(
-            step(&mut p, 1000, 150_000),
-            1 << 20,
-            "never below one chunk"
-        );
+    }
+
+    #[test]
+    fn probes_then_paces_and_lets_an_idle_guest_have_full_speed() {
+        let mut s = Sim {
+            p: Pacer::new((0, 0)),
+            t: Instant::now(),
+            totals: (0, 0),
+        };
+        assert_eq!(s.step(0, 0), (false, 0), "idle guest: unlimited");
+        // A guest appears: the copy stops while the baseline is measured.
+        assert_eq!(s.step(1000, 300_000), (true, 0));
+        for _ in 0..PROBE_INTERVALS - 1 {
+            assert!(s.step(1000, 100_000).0);
+        }
+        assert_eq!(s.step(1000, 100_000), (false, START_RATE));
+        // Within 1.2x of the 100 µs baseline: grow by a step.
+        assert_eq!(s.step(1000, 110_000), (false, START_RATE + STEP));
+        // 1.5x: halve, down to the floor and no further.
+        assert_eq!(s.step(1000, 150_000).1, (START_RATE + STEP) / 2);
+        for _ in 0..10 {
+            s.step(1000, 150_000);
+        }
+        assert_eq!(s.p.rate(), MIN_RATE);
+        // The guest stops: unlimited again.
+        assert_eq!(s.step(0, 0), (false, 0));
+    }
+
+    #[test]
+    fn probes_again_after_a_while() {
+        let mut s = Sim {
+            p: Pacer::new((0, 0)),
+            t: Instant::now(),
+            totals: (0, 0),
+        };
+        for _ in 0..=PROBE_INTERVALS {
+            s.step(1000, 100_000);
+        }
+        assert!(!s.p.holds_copy());
+        let mut probed = false;
+        for _ in 0..(REPROBE.as_millis() / INTERVAL.as_millis() + 2) {
+            probed |= s.step(1000, 100_000).0;
+        }
+        assert!(probed, "no new probe within REPROBE");
     }
 }
