@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 /// Guest latency may rise to this multiple of its baseline: at a fixed
 /// queue depth the guest keeps about 1 / SLOWDOWN of its IOPS.
-const SLOWDOWN: f64 = 1.2;
+const SLOWDOWN: f64 = 1.25;
 /// Length of one measurement interval.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 /// Intervals of a probe (copy stopped); the first is not measured, as
