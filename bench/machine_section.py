@@ -14,7 +14,8 @@ from lib.report import table, update_section  # noqa: E402
 secs, cmdline, la0 = float(sys.argv[1]), sys.argv[2], sys.argv[3]
 i = machine_info()
 rows = [["CPU", f"{i['nproc']} × {i['cpu']}"], ["RAM", i["ram"]],
-        ["scratch disk", f"`{i['disk']}` ({i['disk_model']} ROTA=1 means the virtio disk reports rotational)"],
+        ["scratch disk", (lambda f: f"`{f[0]}` {f[1]}, {f[2]}, {f[3]} free" if len(f) >= 4 else i["disk"])(
+            i["disk"].split()) + " (virtio, " + i["disk_model"].replace(";", " ").strip() + ")"],
         ["kernel", i["kernel"]], ["fio", i["fio"]], ["qemu", i["qemu"]], ["nbdcopy", i["nbdcopy"]],
         ["ringmirror", f"`{i['ringmirror']}` (binary sha256 {i['ringmirror_bin']})"],
         ["load average", f"{la0} at the start, {i['loadavg']} at the end (shared machine: other "
