@@ -119,6 +119,9 @@ const FREEZE_BYTES: u64 = 2 << 20;
 /// ... in at most this many clusters (small scattered copies cost IOPS).
 const FREEZE_CLUSTERS: u64 = 256;
 
+/// How long the bytes left may fail to shrink before the pacer relaxes.
+const CONVERGENCE_WINDOW: Duration = Duration::from_secs(5);
+
 /// Copy request size while a guest is active (see `max_run_clusters`).
 const PACED_REQUEST_BYTES: u64 = 64 << 10;
 
@@ -171,6 +174,9 @@ pub(crate) struct Coordinator {
     /// The target read as zeroes at start (`target-is-zero`, or it was one
     /// big hole): zero ranges need not be written where the job never wrote.
     target_zero: bool,
+    /// Progress watch: (when, bytes left then). A job whose bytes left did
+    /// not fall by a tenth in CONVERGENCE_WINDOW relaxes the pacer.
+    convergence: (Instant, u64),
     /// When guest I/O was last held, and when a READY hold may be tried
     /// again after one was abandoned.
     hold_since: Instant,
@@ -256,6 +262,7 @@ impl Coordinator {
             last_rate: (Instant::now(), 0, 0),
             pacer,
             target_zero,
+            convergence: (Instant::now(), u64::MAX),
             hold_since: Instant::now(),
             hold_again_after: None,
         }
@@ -360,7 +367,25 @@ impl Coordinator {
         t.max(Duration::from_millis(1))
     }
 
+    /// Before READY, with a guest to protect: if the bytes left to copy are
+    /// not shrinking, the pacer may slow the guest a little more, so that
+    /// the job still converges (it never gives up the guest entirely).
+    fn watch_convergence(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.convergence.0) < CONVERGENCE_WINDOW {
+            return;
+        }
+        let left = self.sh.bitmap.dirty_bytes() + self.bytes_in_flight;
+        if self.ready {
+            self.pacer.reset_allowance();
+        } else if self.pacer.rate() != 0 && left > self.convergence.1 / 10 * 9 {
+            self.pacer.relax();
+        }
+        self.convergence = (now, left);
+    }
+
     fn update_rates(&mut self) {
+        self.watch_convergence();
         let now = Instant::now();
         let dt = now.duration_since(self.last_rate.0).as_secs_f64();
         if dt < 1.0 {

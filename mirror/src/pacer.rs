@@ -20,8 +20,10 @@
 use std::time::{Duration, Instant};
 
 /// Guest latency may rise to this multiple of its baseline: at a fixed
-/// queue depth the guest keeps about 1 / SLOWDOWN of its IOPS.
+/// queue depth the guest keeps about 1 / SLOWDOWN of its IOPS. A job that
+/// stops converging raises its allowance (`relax`), up to MAX_SLOWDOWN.
 const SLOWDOWN: f64 = 1.25;
+const MAX_SLOWDOWN: f64 = 2.0;
 /// Length of one measurement interval.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 /// Intervals of a probe (copy stopped); the first is not measured, as
@@ -50,6 +52,7 @@ enum State {
 
 pub(crate) struct Pacer {
     state: State,
+    slowdown: f64,
     rate: u64,
     last_at: Instant,
     last: (u64, u64),
@@ -62,6 +65,7 @@ impl Pacer {
         let now = Instant::now();
         Pacer {
             state: State::Idle,
+            slowdown: SLOWDOWN,
             rate: 0,
             last_at: now,
             last: totals,
@@ -77,6 +81,23 @@ impl Pacer {
     /// The copy rate allowed now, bytes/s (0 = unlimited).
     pub(crate) fn rate(&self) -> u64 {
         self.rate
+    }
+
+    /// The copy is not getting closer to READY: let it slow the guest a
+    /// little more.
+    pub(crate) fn relax(&mut self) {
+        self.slowdown = (self.slowdown + 0.25).min(MAX_SLOWDOWN);
+    }
+
+    /// Back to the gentlest allowance (once in sync).
+    pub(crate) fn reset_allowance(&mut self) {
+        self.slowdown = SLOWDOWN;
+    }
+
+    /// The guest slowdown allowed now.
+    #[cfg(test)]
+    pub(crate) fn allowance(&self) -> f64 {
+        self.slowdown
     }
 
     /// When the next interval ends.
@@ -133,7 +154,7 @@ impl Pacer {
             State::Pacing { baseline_ns } => {
                 let mean = lat as f64 / ops as f64;
                 let current = if self.rate == 0 { UNLIMITED } else { self.rate };
-                self.rate = if mean > baseline_ns * SLOWDOWN {
+                self.rate = if mean > baseline_ns * self.slowdown {
                     (current / 2).max(MIN_RATE)
                 } else if current + STEP >= UNLIMITED {
                     0
@@ -215,5 +236,21 @@ mod tests {
             probed |= s.step(1000, 100_000).0;
         }
         assert!(probed, "no new probe within REPROBE");
+    }
+}
+
+#[cfg(test)]
+mod relax_tests {
+    use super::*;
+
+    #[test]
+    fn relaxing_is_bounded_and_resets() {
+        let mut p = Pacer::new((0, 0));
+        for _ in 0..100 {
+            p.relax();
+        }
+        assert_eq!(p.allowance(), MAX_SLOWDOWN);
+        p.reset_allowance();
+        assert_eq!(p.allowance(), SLOWDOWN);
     }
 }
