@@ -10,7 +10,7 @@ need_apt=()
 for pair in fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
             qemu-img:qemu-utils qemu-io:qemu-utils qemu-nbd:qemu-utils \
             qemu-storage-daemon:qemu-utils mkfs.ext4:e2fsprogs chattr:e2fsprogs \
-            socat:socat; do
+            socat:socat setpriv:util-linux prlimit:util-linux; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

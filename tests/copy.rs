@@ -325,3 +325,35 @@ fn pread_fallback_copies_identically() {
     );
     assert_files_equal(&src, &dst);
 }
+
+/// With RLIMIT_MEMLOCK too low for the registered-buffer arena (and no
+/// CAP_IPC_LOCK to override it), the engine says so and copies with plain
+/// buffers.
+#[test]
+fn low_memlock_limit_falls_back_to_unregistered_buffers_loudly() {
+    ringmirror_testkit::require_tool("setpriv", "apt-get install -y util-linux");
+    ringmirror_testkit::require_tool("prlimit", "apt-get install -y util-linux");
+    let d = ScratchDir::new("copy-memlock");
+    let (src, dst) = (d.join("src.img"), d.join("dst.img"));
+    write_file(&src, &random_bytes(17, 3 << 20));
+    let out = Command::new("prlimit")
+        .args(["--memlock=65536:65536", "--"])
+        .args([
+            "setpriv",
+            "--inh-caps=-ipc_lock",
+            "--bounding-set=-ipc_lock",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_ringmirror"))
+        .args(["copy", "--quiet", "--verify", s(&src), s(&dst)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("RLIMIT_MEMLOCK is 64 KiB") && err.contains("using unregistered buffers"),
+        "{err}"
+    );
+    assert!(err.contains("verified: identical"), "{err}");
+    assert_files_equal(&src, &dst);
+}
