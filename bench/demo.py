@@ -3,7 +3,8 @@
 write load with `ringmirror serve`, verified.
 
 1 GiB random image -> `ringmirror serve` exports it over NBD -> fio (nbd
-engine) writes 4 KiB blocks at QD16 to its first 768 MiB for ~15 s, while
+engine) writes 4 KiB blocks at QD16 (4000/s by default: a busy VM) to its
+first 768 MiB for ~15 s, while
 qemu-io writes 64 KiB known patterns into the last 256 MiB through the same
 export -> 3 s in, blockdev-mirror (background) to a fresh sparse target ->
 READY -> block-job-complete -> checks: every pattern acknowledged at any time is
@@ -42,6 +43,9 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the scratch images")
     ap.add_argument("--size", type=int, default=1, help="GiB (default 1)")
     ap.add_argument("--load-secs", type=float, default=15)
+    ap.add_argument("--rate-iops", type=int, default=4000,
+                    help="the guest's write rate (0: as fast as the disk goes; see bench/mirror.sh "
+                         "for the saturating load and DESIGN.md on what it means for background mode)")
     a = ap.parse_args()
     size = a.size * GiB
     d = Path(os.environ.get("RINGMIRROR_BENCH_DIR", "/var/tmp/ringmirror-bench")) / "demo"
@@ -67,6 +71,7 @@ def main():
             ["fio", "--name=guest", "--ioengine=nbd", f"--uri={dm.uri}", "--rw=randwrite",
              "--bs=4k", "--iodepth=16", "--time_based", f"--runtime={a.load_secs:g}",
              "--randrepeat=0", "--norandommap", f"--size={pat_region}",
+             *([f"--rate_iops={a.rate_iops}"] if a.rate_iops else []),
              f"--write_lat_log={lat}", "--log_unix_epoch=1", "--log_offset=1",
              "--output-format=json", f"--output={d / 'guest.json'}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
