@@ -311,6 +311,8 @@ fn fio_randwrite_verify_over_nbd() {
     ];
     let out = run(
         Command::new("fio")
+            // fio leaves a verify state file in its working directory.
+            .current_dir(dir.path())
             .args([
                 "--ioengine=nbd",
                 &format!("--uri={}", s.uri()),
@@ -340,6 +342,8 @@ fn fio_randwrite_verify_over_nbd() {
     // The same verification straight from the backing file: the data is there.
     let out = run(
         Command::new("fio")
+            // fio leaves a verify state file in its working directory.
+            .current_dir(dir.path())
             .args([
                 "--ioengine=psync",
                 &format!("--filename={}", file.display()),
