@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ringmirror_engine::{
-    is_zero, BlockDevice, DmaBuf, ErrorKind, ExtentKind, IoError, IoResult, RangeGuard, RateLimiter,
+    is_zero, BlockDevice, BufDone, DmaBuf, Done, ErrorKind, ExtentKind, IoError, IoResult,
+    RangeGuard, RateLimiter,
 };
 
 use crate::disk::Disk;
@@ -154,7 +155,6 @@ pub(crate) struct Coordinator {
     error_paused: bool,
     io_status: &'static str,
     error: Option<String>,
-    cancelled: bool,
     finish: Option<Finish>,
     /// Complete asked with auto-finalize off: we are (or will be) pending.
     awaiting_finalize: bool,
@@ -249,7 +249,6 @@ impl Coordinator {
             error_paused: false,
             io_status: "ok",
             error: None,
-            cancelled: false,
             finish: None,
             awaiting_finalize: false,
             finalized: false,
@@ -804,21 +803,23 @@ impl Coordinator {
                 self.zero_target(id, e.offset, e.len, None);
             } else {
                 let buf = self.source.alloc_buf(e.len as usize);
-                let tx = self.sh.tx.clone();
-                self.source.read(
-                    e.offset,
-                    buf,
-                    Box::new(move |b, res| {
-                        let _ = tx.send(Msg::Io {
-                            id,
-                            stage: Stage::Read,
-                            res,
-                            buf: Some(b),
-                        });
-                    }),
-                );
+                self.source
+                    .read(e.offset, buf, self.buf_done(id, Stage::Read));
             }
         }
+    }
+
+    /// A completion that hands a copy's buffer and result to this thread.
+    fn buf_done(&self, id: u64, stage: Stage) -> BufDone {
+        let tx = self.sh.tx.clone();
+        Box::new(move |b, res| {
+            let _ = tx.send(Msg::Io {
+                id,
+                stage,
+                res,
+                buf: Some(b),
+            });
+        })
     }
 
     /// The range reads as zeroes on the source: make it so on the target,
@@ -838,19 +839,15 @@ impl Coordinator {
         }
         let _ = self.link.written.mark(off, len);
         let tx = self.sh.tx.clone();
-        self.target.write_zeroes(
-            off,
-            len,
-            true,
-            Box::new(move |res| {
-                let _ = tx.send(Msg::Io {
-                    id,
-                    stage: Stage::Zero,
-                    res,
-                    buf: None,
-                });
-            }),
-        );
+        let done: Done = Box::new(move |res| {
+            let _ = tx.send(Msg::Io {
+                id,
+                stage: Stage::Zero,
+                res,
+                buf: None,
+            });
+        });
+        self.target.write_zeroes(off, len, true, done);
     }
 
     fn on_io(&mut self, id: u64, stage: Stage, res: IoResult<()>, buf: Option<DmaBuf>) {
@@ -881,20 +878,8 @@ impl Coordinator {
                     self.zero_target(id, off, len, Some(buf));
                 } else {
                     let _ = self.link.written.mark(off, len);
-                    let tx = self.sh.tx.clone();
-                    self.target.write(
-                        off,
-                        buf,
-                        false,
-                        Box::new(move |b, res| {
-                            let _ = tx.send(Msg::Io {
-                                id,
-                                stage: Stage::Write,
-                                res,
-                                buf: Some(b),
-                            });
-                        }),
-                    );
+                    let done = self.buf_done(id, Stage::Write);
+                    self.target.write(off, buf, false, done);
                 }
             }
             Stage::Write | Stage::Zero => self.copy_done(id),
@@ -1076,7 +1061,6 @@ impl Coordinator {
                     // Soft cancel in READY: finish in sync, no switch.
                     self.finish = Some(Finish::SoftCancel);
                 } else {
-                    self.cancelled = true;
                     self.start_abort();
                 }
                 Ok(())

@@ -228,8 +228,7 @@ pub fn copy(
             Err(RecvTimeoutError::Disconnected) => unreachable!("the coordinator holds a sender"),
         };
         match ev {
-            Event::Read(w, buf, Err(e)) | Event::Wrote(w, buf, Err(e)) => {
-                let _ = w;
+            Event::Read(_, buf, Err(e)) | Event::Wrote(_, buf, Err(e)) => {
                 in_flight -= 1;
                 free.push(buf);
                 first_err.get_or_insert(e);
