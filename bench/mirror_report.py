@@ -210,8 +210,10 @@ def sections(out):
             L.extend(lines)
             L.append("")
         for mode in out.get("modes", ["background", "write-blocking"]):
-            L.append(f"![guest latency {wl} {mode}](plots/guest-latency-{wl}-{mode}.png)")
-        L.append(f"![mirror progress {wl}](plots/mirror-progress-{wl}.png)")
+            if (PLOTS / f"guest-latency-{wl}-{mode}.png").exists():
+                L.append(f"![guest latency {wl} {mode}](plots/guest-latency-{wl}-{mode}.png)")
+        if (PLOTS / f"mirror-progress-{wl}.png").exists():
+            L.append(f"![mirror progress {wl}](plots/mirror-progress-{wl}.png)")
         L.append("")
         L.append(f"Run of {info['date']}, ringmirror `{info['ringmirror']}`; load average at the start "
                  f"of runs: median {median([r['load1'] for r in rs_wl]):.2f}, max "
@@ -351,7 +353,7 @@ if __name__ == "__main__":
     o = json.load(open(sys.argv[1]))
     if len(sys.argv) > 2 and sys.argv[2] == "--update":
         from lib.report import update_section
+        plot_progress(o)
         for name, md in sections(o):
             update_section(name, md)
-        plot_progress(o)
     print(render(o))

@@ -27,6 +27,7 @@ bench/plots/mirror-*.png.
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -194,6 +195,10 @@ def run_load(kind, mode, workload, src, d, size, load_s, baseline_s, keep_log=Fa
         r["rss_peak"] = dm.rss_peak()
         L = fio.latlog()
         r["fio"] = fio.result()
+        if r["fio"].get("error"):
+            r["error"] = (f"fio ended with error {r['fio']['error']} ({os.strerror(r['fio']['error'])}): "
+                          f"{fio.stderr.strip()[-200:]}")
+            log(f"FIO ERROR {tag}: {r['error']}")
         analyse(r, L)
         if mode is not None and "t_complete_sent" in r:
             diff = differing_blocks(src, tgt)
@@ -377,10 +382,11 @@ def main():
     out["secs_total"] = time.monotonic() - t_bench
     save_json(out_path, out)
     import mirror_report
+    if not a.no_results:
+        mirror_report.plot_progress(out)
     md = mirror_report.render(out)
     print(md)
     if not a.no_results:
-        mirror_report.plot_progress(out)
         from lib.report import update_section
         for name, body in mirror_report.sections(out):
             update_section(name, body)
