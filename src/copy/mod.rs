@@ -33,8 +33,10 @@ pub struct CopyArgs {
     /// Destination: created with the source's size if missing; an existing one
     /// must have the same size (see --resize).
     pub dst: String,
-    /// Bytes in flight (split into requests of --request-size).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    /// Bytes in flight (split into requests of --request-size); also about the
+    /// memory the copy uses. Many large writes in flight is what makes O_DIRECT
+    /// into a new file fast (DESIGN.md, "The copy tool").
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub buf_size: u64,
     /// Bytes per read/write request.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
@@ -151,7 +153,14 @@ pub fn run(args: CopyArgs) -> Result<(), CliError> {
             args.src
         )));
     }
-    let lanes = (args.buf_size / args.request_size).max(1) as usize;
+    let mut lanes = (args.buf_size / args.request_size).max(1) as usize;
+    // A small source file needs no more buffers (registered, so locked
+    // memory) than it has requests.
+    if let Ok(m) = std::fs::metadata(src_path) {
+        if m.is_file() {
+            lanes = lanes.min(m.len().div_ceil(args.request_size).max(1) as usize);
+        }
+    }
     let opener = DeviceOpener::new(EngineConfig {
         threads: args
             .threads
