@@ -59,6 +59,35 @@ fn dense_image_copies_identically_and_verifies() {
 }
 
 #[test]
+fn buffered_cache_copies_identically_and_stays_sparse() {
+    let d = ScratchDir::new("copy-buffered");
+    let (src, dst) = (d.join("src.img"), d.join("dst.img"));
+    // An odd size (not a multiple of 4 KiB), data around a hole.
+    sparse_file(&src, (24 << 20) + 1000);
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.write_all_at(&random_bytes(11, 5 << 20), 0).unwrap();
+    f.write_all_at(&random_bytes(12, (3 << 20) + 1000), 21 << 20)
+        .unwrap();
+    f.sync_all().unwrap();
+    let err = copy_ok(&[
+        "--cache",
+        "buffered",
+        "--verify",
+        "--request-size",
+        "1M",
+        s(&src),
+        s(&dst),
+    ]);
+    assert!(err.contains("verified: identical"), "{err}");
+    assert_files_equal(&src, &dst);
+    assert!(
+        allocated_bytes(&dst) < (12 << 20),
+        "the 13 MiB hole was written: {} bytes allocated",
+        allocated_bytes(&dst)
+    );
+}
+
+#[test]
 fn sparse_image_stays_sparse_and_zero_data_is_not_written() {
     let d = ScratchDir::new("copy-sparse");
     let (src, dst) = (d.join("src.img"), d.join("dst.img"));

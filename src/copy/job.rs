@@ -279,9 +279,6 @@ pub fn copy(
             Event::Wrote(w, buf, Ok(())) => {
                 in_flight -= 1;
                 free.push(buf);
-                // Cached writes: start writing them back now, so the final
-                // flush does not have to write the whole file.
-                dst.start_writeback(w.off, w.len);
                 stats.written.fetch_add(w.len, Ordering::Relaxed);
                 stats.done.fetch_add(w.len, Ordering::Relaxed);
             }

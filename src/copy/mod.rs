@@ -67,8 +67,8 @@ pub struct CopyArgs {
     #[arg(long)]
     pub verify: bool,
     /// `direct`: O_DIRECT on both sides (the default: predictable, and no
-    /// page-cache pollution). `buffered`: through the page cache, with
-    /// writeback started as the copy goes (can be faster into a new file on
+    /// page-cache pollution). `buffered`: through the page cache, written back
+    /// by the kernel and fsync'd at the end (can be faster into a new file on
     /// filesystems where direct writes pay for allocation; see DESIGN.md).
     #[arg(long, value_parser = ["direct", "buffered"], default_value = "direct")]
     pub cache: String,
