@@ -21,9 +21,13 @@ use std::time::{Duration, Instant};
 
 /// Guest latency may rise to this multiple of its baseline: at a fixed
 /// queue depth the guest keeps about 1 / SLOWDOWN of its IOPS. A job that
-/// stops converging raises its allowance (`relax`), up to MAX_SLOWDOWN.
-const SLOWDOWN: f64 = 1.25;
+/// stops converging raises its allowance (`relax`), up to MAX_SLOWDOWN; if
+/// even that does not make it converge, the load is more than the disk can
+/// copy behind, and the guest gets SLOWDOWN back for RELAX_HOLD before the
+/// next try (slowing it further would cost the guest and buy nothing).
+const SLOWDOWN: f64 = 1.15;
 const MAX_SLOWDOWN: f64 = 2.0;
+const RELAX_HOLD: Duration = Duration::from_secs(60);
 /// Length of one measurement interval.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 /// Intervals of a probe (copy stopped); the first is not measured, as
@@ -53,6 +57,8 @@ enum State {
 pub(crate) struct Pacer {
     state: State,
     slowdown: f64,
+    /// After a relaxation that did not help: no new one before this.
+    relax_hold_until: Option<Instant>,
     rate: u64,
     last_at: Instant,
     last: (u64, u64),
@@ -66,6 +72,7 @@ impl Pacer {
         Pacer {
             state: State::Idle,
             slowdown: SLOWDOWN,
+            relax_hold_until: None,
             rate: 0,
             last_at: now,
             last: totals,
@@ -84,14 +91,27 @@ impl Pacer {
     }
 
     /// The copy is not getting closer to READY: let it slow the guest a
-    /// little more.
-    pub(crate) fn relax(&mut self) {
-        self.slowdown = (self.slowdown + 0.25).min(MAX_SLOWDOWN);
+    /// little more; if it already may slow it the most, give the guest its
+    /// allowance back for RELAX_HOLD (see MAX_SLOWDOWN).
+    pub(crate) fn relax(&mut self, now: Instant) {
+        if let Some(until) = self.relax_hold_until {
+            if now < until {
+                return;
+            }
+            self.relax_hold_until = None;
+        }
+        if self.slowdown >= MAX_SLOWDOWN {
+            self.slowdown = SLOWDOWN;
+            self.relax_hold_until = Some(now + RELAX_HOLD);
+        } else {
+            self.slowdown = (self.slowdown + 0.25).min(MAX_SLOWDOWN);
+        }
     }
 
     /// Back to the gentlest allowance (once in sync).
     pub(crate) fn reset_allowance(&mut self) {
         self.slowdown = SLOWDOWN;
+        self.relax_hold_until = None;
     }
 
     /// The guest slowdown allowed now.
@@ -246,11 +266,44 @@ mod relax_tests {
     #[test]
     fn relaxing_is_bounded_and_resets() {
         let mut p = Pacer::new((0, 0));
-        for _ in 0..100 {
-            p.relax();
+        let t0 = Instant::now();
+        while p.allowance() < MAX_SLOWDOWN {
+            let before = p.allowance();
+            p.relax(t0);
+            assert!(p.allowance() > before, "relax must raise the allowance");
         }
         assert_eq!(p.allowance(), MAX_SLOWDOWN);
         p.reset_allowance();
         assert_eq!(p.allowance(), SLOWDOWN);
+    }
+
+    #[test]
+    fn relaxing_that_does_not_help_gives_the_guest_its_allowance_back() {
+        let mut p = Pacer::new((0, 0));
+        let t0 = Instant::now();
+        while p.allowance() < MAX_SLOWDOWN {
+            let before = p.allowance();
+            p.relax(t0);
+            assert!(p.allowance() > before, "relax must raise the allowance");
+        }
+        assert_eq!(p.allowance(), MAX_SLOWDOWN);
+        // Still not converging at the most it may slow the guest: back off.
+        p.relax(t0);
+        assert_eq!(p.allowance(), SLOWDOWN);
+        // ... and stay there for RELAX_HOLD.
+        p.relax(t0 + RELAX_HOLD / 2);
+        assert_eq!(p.allowance(), SLOWDOWN);
+        // Then try again.
+        p.relax(t0 + RELAX_HOLD);
+        assert_eq!(p.allowance(), SLOWDOWN + 0.25);
+        // READY clears the hold as well.
+        while p.allowance() < MAX_SLOWDOWN {
+            p.relax(t0 + RELAX_HOLD);
+        }
+        p.relax(t0 + RELAX_HOLD);
+        assert_eq!(p.allowance(), SLOWDOWN);
+        p.reset_allowance();
+        p.relax(t0 + RELAX_HOLD);
+        assert_eq!(p.allowance(), SLOWDOWN + 0.25);
     }
 }
