@@ -23,7 +23,7 @@ from lib.common import (GiB, REPO, allocated_bytes, drop_caches, fmt, log,  # no
                         scratch_dir, timed, wait_quiet)
 from lib.images import ensure_dense, ensure_sparse10  # noqa: E402
 from lib.report import PLOTS, plt, table, update_section  # noqa: E402
-from lib.tools import contenders  # noqa: E402
+from lib.tools import NOT_COPIES, READ_FLOOR, contenders  # noqa: E402
 from lib.verify import cmp_files  # noqa: E402
 
 
@@ -72,6 +72,8 @@ def main():
             waited = wait_quiet()
             order = names[rep % len(names):] + names[:rep % len(names)]
             for name in order:
+                if name == READ_FLOOR and img != "dense":
+                    continue  # a floor only where every byte is data
                 tmpl, precreate, is_peer = cont[name]
                 rm_f(dst)
                 if precreate:
@@ -88,7 +90,7 @@ def main():
                     r["stderr"] = p.stderr[-2000:]
                     log(f"FAILED {name}: rc={p.returncode} {p.stderr[-500:]}")
                 if p.returncode == 0 and (name.startswith("ringmirror") or rep == 0) \
-                        and name != "fio copy ceiling":
+                        and name not in NOT_COPIES:
                     ok, msg = cmp_files(src, dst)
                     r["verified"] = ok
                     if not ok:
@@ -151,7 +153,7 @@ def render(out, names):
         ceil = rows.get("fio copy ceiling", {}).get("median")
         rm = rows.get("ringmirror copy", {}).get("median")
         peers = {n: r["median"] for n, r in rows.items()
-                 if n not in ("fio copy ceiling",) and not n.startswith("ringmirror") and r["median"]}
+                 if n not in NOT_COPIES and not n.startswith("ringmirror") and r["median"]}
         fastest = min(peers, key=peers.get) if peers else None
         title = "fully written (dense)" if img == "dense" else "10% data in scattered extents"
         L.append(f"### {title}: `{out['images'][img]}`")
@@ -180,6 +182,15 @@ def render(out, names):
                      f"{peers[fastest]:.2f} s)." if ceil else "")
         elif not rm:
             L.append("ringmirror copy: **no successful run** (see failures below).")
+        floor = rows.get(READ_FLOOR, {}).get("median")
+        if img == "dense" and floor and rm and fastest:
+            L.append("")
+            L.append(f"Reading the source alone took {floor:.2f} s (median): a copy reads every byte of it, "
+                     "so it cannot take less, up to run-to-run noise. "
+                     f"ringmirror took {rm / floor:.2f}× that, the fastest peer "
+                     f"{peers[fastest] / floor:.2f}×; a copy 1.15× faster than that peer would "
+                     f"take {peers[fastest] / 1.15:.2f} s"
+                     + (" — less than reading the source." if peers[fastest] / 1.15 < floor else "."))
         L.append("")
         for n, r in rows.items():
             for f in r["failed"]:
@@ -211,7 +222,7 @@ def plot(out, names):
     for ax, (img, rows) in zip(axes[0], res.items()):
         ns = [n for n in rows if rows[n]["mbps"]]
         vals = [rows[n]["mbps"] for n in ns]
-        cols = ["#444" if n == "fio copy ceiling" else ("#c0392b" if n.startswith("ringmirror")
+        cols = ["#444" if n in NOT_COPIES else ("#c0392b" if n.startswith("ringmirror")
                                                          else "#2980b9") for n in ns]
         ax.barh(range(len(ns)), vals, color=cols)
         ax.set_yticks(range(len(ns)))

@@ -16,11 +16,23 @@ def ceiling_cmd(src, new, size):
            f"{q(str(FIO_CONFIGS / 'ceiling-copy.fio'))}"
 
 
+READ_FLOOR = "fio read of SRC only"
+NOT_COPIES = ("fio copy ceiling", READ_FLOOR)
+
+
+def read_floor_cmd(src, size):
+    """Reading the source alone, as the ceiling's reader does: no copy of a
+    fully written image can take less time than this."""
+    return f"fio --output-format=json --ioengine=io_uring --direct=1 --name=r " \
+           f"--filename={q(str(src))} --rw=read --bs=1M --iodepth=32 --size={size}"
+
+
 def contenders(rm_extra=()):
     rm = ringmirror_bin()
     c = {
         # name: (command template, DST pre-created sparse?, is a peer?)
         "fio copy ceiling": (lambda s, d, n, sp: ceiling_cmd(s, d, n), True, False),
+        READ_FLOOR: (lambda s, d, n, sp: read_floor_cmd(s, n), False, False),
         "ringmirror copy": (lambda s, d, n, sp: f"{q(rm)} copy -q {q(str(s))} {q(str(d))}",
                             False, False),
         "cp && sync": (lambda s, d, n, sp: f"cp {q(str(s))} {q(str(d))} && sync", False, True),
