@@ -120,6 +120,8 @@ def summarize(out, names):
         rows = {}
         for n in names:
             rs = [r for r in out["runs"] if r["image"] == img and r["tool"] == n]
+            if not rs:
+                continue
             ok = [r["secs"] for r in rs if r["rc"] == 0]
             rows[n] = {"median": median(ok), "runs": [r["secs"] if r["rc"] == 0 else None for r in rs],
                        "failed": [r for r in rs if r["rc"] != 0],
