@@ -378,7 +378,7 @@ impl Coordinator {
         if self.ready {
             self.pacer.reset_allowance();
         } else if self.pacer.rate() != 0 && left > self.convergence.1 / 10 * 9 {
-            self.pacer.relax(now);
+            self.pacer.relax(now, left >= self.convergence.1);
         }
         self.convergence = (now, left);
     }

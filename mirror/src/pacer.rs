@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 /// Guest latency may rise to this multiple of its baseline: at a fixed
 /// queue depth the guest keeps about 1 / SLOWDOWN of its IOPS. A job that
 /// stops converging raises its allowance (`relax`), up to MAX_SLOWDOWN; if
-/// even that does not make it converge, the load is more than the disk can
-/// copy behind, and the guest gets SLOWDOWN back for RELAX_HOLD before the
-/// next try (slowing it further would cost the guest and buy nothing).
+/// even then the bytes left do not shrink at all, the load is more than the
+/// disk can copy behind, and the guest gets SLOWDOWN back for RELAX_HOLD
+/// before the next try (slowing it further would cost the guest and buy
+/// nothing). A job that shrinks slowly keeps MAX_SLOWDOWN: it converges.
 const SLOWDOWN: f64 = 1.15;
 const MAX_SLOWDOWN: f64 = 2.0;
 const RELAX_HOLD: Duration = Duration::from_secs(60);
@@ -90,10 +91,11 @@ impl Pacer {
         self.rate
     }
 
-    /// The copy is not getting closer to READY: let it slow the guest a
-    /// little more; if it already may slow it the most, give the guest its
-    /// allowance back for RELAX_HOLD (see MAX_SLOWDOWN).
-    pub(crate) fn relax(&mut self, now: Instant) {
+    /// The copy is not getting closer to READY fast enough: let it slow the
+    /// guest a little more. If it already may slow it the most and the bytes
+    /// left did not shrink at all (`stalled`), give the guest its allowance
+    /// back for RELAX_HOLD (see MAX_SLOWDOWN).
+    pub(crate) fn relax(&mut self, now: Instant, stalled: bool) {
         if let Some(until) = self.relax_hold_until {
             if now < until {
                 return;
@@ -101,8 +103,10 @@ impl Pacer {
             self.relax_hold_until = None;
         }
         if self.slowdown >= MAX_SLOWDOWN {
-            self.slowdown = SLOWDOWN;
-            self.relax_hold_until = Some(now + RELAX_HOLD);
+            if stalled {
+                self.slowdown = SLOWDOWN;
+                self.relax_hold_until = Some(now + RELAX_HOLD);
+            }
         } else {
             self.slowdown = (self.slowdown + 0.25).min(MAX_SLOWDOWN);
         }
@@ -269,7 +273,7 @@ mod relax_tests {
         let t0 = Instant::now();
         while p.allowance() < MAX_SLOWDOWN {
             let before = p.allowance();
-            p.relax(t0);
+            p.relax(t0, true);
             assert!(p.allowance() > before, "relax must raise the allowance");
         }
         assert_eq!(p.allowance(), MAX_SLOWDOWN);
@@ -283,27 +287,30 @@ mod relax_tests {
         let t0 = Instant::now();
         while p.allowance() < MAX_SLOWDOWN {
             let before = p.allowance();
-            p.relax(t0);
+            p.relax(t0, true);
             assert!(p.allowance() > before, "relax must raise the allowance");
         }
         assert_eq!(p.allowance(), MAX_SLOWDOWN);
-        // Still not converging at the most it may slow the guest: back off.
-        p.relax(t0);
+        // Shrinking, if slowly, at the most it may slow the guest: stay.
+        p.relax(t0, false);
+        assert_eq!(p.allowance(), MAX_SLOWDOWN);
+        // Not shrinking at all at the most it may slow the guest: back off.
+        p.relax(t0, true);
         assert_eq!(p.allowance(), SLOWDOWN);
         // ... and stay there for RELAX_HOLD.
-        p.relax(t0 + RELAX_HOLD / 2);
+        p.relax(t0 + RELAX_HOLD / 2, true);
         assert_eq!(p.allowance(), SLOWDOWN);
         // Then try again.
-        p.relax(t0 + RELAX_HOLD);
+        p.relax(t0 + RELAX_HOLD, true);
         assert_eq!(p.allowance(), SLOWDOWN + 0.25);
         // READY clears the hold as well.
         while p.allowance() < MAX_SLOWDOWN {
-            p.relax(t0 + RELAX_HOLD);
+            p.relax(t0 + RELAX_HOLD, true);
         }
-        p.relax(t0 + RELAX_HOLD);
+        p.relax(t0 + RELAX_HOLD, true);
         assert_eq!(p.allowance(), SLOWDOWN);
         p.reset_allowance();
-        p.relax(t0 + RELAX_HOLD);
+        p.relax(t0 + RELAX_HOLD, true);
         assert_eq!(p.allowance(), SLOWDOWN + 0.25);
     }
 }
