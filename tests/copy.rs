@@ -16,11 +16,20 @@ fn ringmirror(args: &[&str]) -> Output {
         .expect("run ringmirror")
 }
 
-fn copy_ok(args: &[&str]) -> String {
-    let out = ringmirror(&[&["copy", "--quiet"], args].concat());
+/// Run `cmd` (a copy, however started), require success, return its stderr.
+fn succeeds(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run the copy");
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "copy {args:?} failed: {err}");
+    assert!(out.status.success(), "{cmd:?} failed: {err}");
     err
+}
+
+fn copy_ok(args: &[&str]) -> String {
+    succeeds(
+        Command::new(env!("CARGO_BIN_EXE_ringmirror"))
+            .args(["copy", "--quiet"])
+            .args(args),
+    )
 }
 
 fn copy_err(args: &[&str]) -> String {
@@ -341,13 +350,11 @@ fn pread_fallback_copies_identically() {
     let d = ScratchDir::new("copy-fallback");
     let (src, dst) = (d.join("src.img"), d.join("dst.img"));
     write_file(&src, &random_bytes(16, (2 << 20) + 1000));
-    let out = Command::new(env!("CARGO_BIN_EXE_ringmirror"))
-        .env("RINGMIRROR_DISABLE_IO_URING", "1")
-        .args(["copy", "--quiet", "--verify", s(&src), s(&dst)])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = succeeds(
+        Command::new(env!("CARGO_BIN_EXE_ringmirror"))
+            .env("RINGMIRROR_DISABLE_IO_URING", "1")
+            .args(["copy", "--quiet", "--verify", s(&src), s(&dst)]),
+    );
     assert!(
         err.contains("warning: io_uring disabled") && err.contains("(pread)"),
         "{err}"
@@ -365,20 +372,18 @@ fn low_memlock_limit_falls_back_to_unregistered_buffers_loudly() {
     let d = ScratchDir::new("copy-memlock");
     let (src, dst) = (d.join("src.img"), d.join("dst.img"));
     write_file(&src, &random_bytes(17, 3 << 20));
-    let out = Command::new("prlimit")
-        .args(["--memlock=65536:65536", "--"])
-        .args([
-            "setpriv",
-            "--inh-caps=-ipc_lock",
-            "--bounding-set=-ipc_lock",
-            "--",
-        ])
-        .arg(env!("CARGO_BIN_EXE_ringmirror"))
-        .args(["copy", "--quiet", "--verify", s(&src), s(&dst)])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = succeeds(
+        Command::new("prlimit")
+            .args(["--memlock=65536:65536", "--"])
+            .args([
+                "setpriv",
+                "--inh-caps=-ipc_lock",
+                "--bounding-set=-ipc_lock",
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_ringmirror"))
+            .args(["copy", "--quiet", "--verify", s(&src), s(&dst)]),
+    );
     assert!(
         err.contains("RLIMIT_MEMLOCK is 64 KiB") && err.contains("using unregistered buffers"),
         "{err}"

@@ -267,16 +267,21 @@ mod tests {
 mod relax_tests {
     use super::*;
 
+    /// Relax step by step (each step must raise the allowance) to the most.
+    fn relax_to_max(p: &mut Pacer, now: Instant) {
+        while p.allowance() < MAX_SLOWDOWN {
+            let before = p.allowance();
+            p.relax(now, true);
+            assert!(p.allowance() > before, "relax must raise the allowance");
+        }
+        assert_eq!(p.allowance(), MAX_SLOWDOWN);
+    }
+
     #[test]
     fn relaxing_is_bounded_and_resets() {
         let mut p = Pacer::new((0, 0));
         let t0 = Instant::now();
-        while p.allowance() < MAX_SLOWDOWN {
-            let before = p.allowance();
-            p.relax(t0, true);
-            assert!(p.allowance() > before, "relax must raise the allowance");
-        }
-        assert_eq!(p.allowance(), MAX_SLOWDOWN);
+        relax_to_max(&mut p, t0);
         p.reset_allowance();
         assert_eq!(p.allowance(), SLOWDOWN);
     }
@@ -285,12 +290,7 @@ mod relax_tests {
     fn relaxing_that_does_not_help_gives_the_guest_its_allowance_back() {
         let mut p = Pacer::new((0, 0));
         let t0 = Instant::now();
-        while p.allowance() < MAX_SLOWDOWN {
-            let before = p.allowance();
-            p.relax(t0, true);
-            assert!(p.allowance() > before, "relax must raise the allowance");
-        }
-        assert_eq!(p.allowance(), MAX_SLOWDOWN);
+        relax_to_max(&mut p, t0);
         // Shrinking, if slowly, at the most it may slow the guest: stay.
         p.relax(t0, false);
         assert_eq!(p.allowance(), MAX_SLOWDOWN);
@@ -304,9 +304,7 @@ mod relax_tests {
         p.relax(t0 + RELAX_HOLD, true);
         assert_eq!(p.allowance(), SLOWDOWN + 0.25);
         // READY clears the hold as well.
-        while p.allowance() < MAX_SLOWDOWN {
-            p.relax(t0 + RELAX_HOLD, true);
-        }
+        relax_to_max(&mut p, t0 + RELAX_HOLD);
         p.relax(t0 + RELAX_HOLD, true);
         assert_eq!(p.allowance(), SLOWDOWN);
         p.reset_allowance();

@@ -25,19 +25,7 @@ fn spawn(cmd: &mut Command, sock: &Path) -> Daemon {
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let d = Daemon(child);
-    wait_for_path(sock, 10);
-    // The socket file exists from bind(), before listen(): wait until a
-    // connection is accepted (both servers here outlive a client that
-    // leaves during the handshake; qemu-nbd runs with -t).
-    let t0 = std::time::Instant::now();
-    while std::os::unix::net::UnixStream::connect(sock).is_err() {
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(10),
-            "{} is not accepting connections after 10 s",
-            sock.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_listener(sock, 10);
     d
 }
 

@@ -151,10 +151,9 @@ pub fn copy(
         window: Vec::new(),
         next_in_window: 0,
     };
-    // Buffers are allocated on first use, so a small image does not cost
-    // `lanes` × `request_size` of memory; they are reused after that.
-    let mut free: Vec<DmaBuf> = Vec::new();
-    let mut unallocated = p.lanes.max(1);
+    let mut free: Vec<DmaBuf> = (0..p.lanes.max(1))
+        .map(|_| src.alloc_buf(p.request_size))
+        .collect();
     let mut limiter = RateLimiter::new(p.speed, Duration::from_millis(5));
     let mut in_flight = 0usize;
     let mut first_err: Option<IoError> = None;
@@ -166,7 +165,7 @@ pub fn copy(
         let mut wait = Duration::from_millis(200);
         while first_err.is_none()
             && !planned_out
-            && (!free.is_empty() || unallocated > 0)
+            && !free.is_empty()
             && !cancel.load(Ordering::Relaxed)
         {
             let w = match pending.take() {
@@ -207,13 +206,7 @@ pub fn copy(
                 wait = delay;
                 break;
             }
-            let mut buf = match free.pop() {
-                Some(b) => b,
-                None => {
-                    unallocated -= 1;
-                    src.alloc_buf(p.request_size)
-                }
-            };
+            let mut buf = free.pop().unwrap_or_else(|| src.alloc_buf(p.request_size));
             buf.set_len(w.len as usize);
             in_flight += 1;
             let tx = tx.clone();

@@ -136,13 +136,16 @@ pub fn file_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// Wait until `path` exists (a socket a child process creates).
-pub fn wait_for_path(path: &Path, secs: u64) {
+/// Wait until a child process accepts connections on the unix socket
+/// `path`. (The socket file exists from bind(), before listen(): waiting for
+/// the file alone races. The servers used here outlive a client that leaves
+/// during the handshake.)
+pub fn wait_for_listener(path: &Path, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
-    while !path.exists() {
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
         assert!(
             Instant::now() < deadline,
-            "{} did not appear within {secs}s",
+            "{} is not accepting connections within {secs}s",
             path.display()
         );
         std::thread::sleep(Duration::from_millis(10));
