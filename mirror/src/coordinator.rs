@@ -181,6 +181,9 @@ pub(crate) struct Coordinator {
     /// again after one was abandoned.
     hold_since: Instant,
     hold_again_after: Option<Instant>,
+    /// Aborting: the gate was closed to let the guest requests that saw
+    /// the job drain before it detaches.
+    abort_gate_closed: bool,
 }
 
 fn strerror(e: &IoError) -> String {
@@ -264,6 +267,7 @@ impl Coordinator {
             convergence: (Instant::now(), u64::MAX),
             hold_since: Instant::now(),
             hold_again_after: None,
+            abort_gate_closed: false,
         }
     }
 
@@ -471,7 +475,21 @@ impl Coordinator {
             }
             Phase::FinalFlush => {}
             Phase::Aborting => {
-                if self.copies.is_empty() && !self.flushing && self.disk.gate.in_flight() == 0 {
+                if !self.copies.is_empty() || self.flushing {
+                    return;
+                }
+                // A busy guest always has requests in flight: waiting for a
+                // moment with none could take as long as the load lasts.
+                // Close the gate instead (new requests park for the
+                // milliseconds the ones in flight take), detach, reopen.
+                if !self.abort_gate_closed {
+                    self.abort_gate_closed = true;
+                    let tx = self.sh.tx.clone();
+                    self.disk.gate.close(Box::new(move || {
+                        let _ = tx.send(Msg::Drained);
+                    }));
+                }
+                if self.disk.gate.in_flight() == 0 {
                     self.conclude_aborted();
                 }
             }
@@ -638,8 +656,10 @@ impl Coordinator {
         self.set_status(JobStatus::Aborting);
     }
 
+    /// Called with the gate closed and drained.
     fn conclude_aborted(&mut self) {
         self.disk.detach();
+        self.disk.gate.open();
         self.phase = Phase::Ended;
         let progress = self.progress();
         if self.error.is_none() {

@@ -3,12 +3,14 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::*;
-use ringmirror_engine::{BlockDevice, BlockDeviceExt};
+use ringmirror_engine::{BlockDevice, BlockDeviceExt, DmaBuf};
 use ringmirror_mirror::{
-    CopyMode, DiskOp, JobError, JobEvent, JobStatus, MirrorError, MirrorOptions, SyncMode,
+    CopyMode, Disk, DiskOp, JobError, JobEvent, JobStatus, MirrorError, MirrorOptions, SyncMode,
 };
 use ringmirror_testkit::{assert_files_equal, random_bytes};
 
@@ -433,4 +435,121 @@ fn embedder_policy_can_refuse_a_job() {
         r.unwrap_err(),
         MirrorError::Busy("migrations are frozen".into())
     );
+}
+
+/// A guest that always has 16 writes in flight, each completion issuing the
+/// next (as a VMM's virtio queue does), until stopped.
+struct BusyGuest {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    lanes: Arc<AtomicU64>,
+}
+
+impl BusyGuest {
+    fn start(disk: &Arc<Disk>, size: u64, seed: u64) -> BusyGuest {
+        let g = BusyGuest {
+            stop: Arc::new(AtomicBool::new(false)),
+            acked: Arc::new(AtomicU64::new(0)),
+            lanes: Arc::new(AtomicU64::new(16)),
+        };
+        for lane in 0..16 {
+            Self::next(
+                disk.clone(),
+                size,
+                seed * 1000 + lane,
+                g.stop.clone(),
+                g.acked.clone(),
+                g.lanes.clone(),
+            );
+        }
+        g
+    }
+
+    fn next(
+        disk: Arc<Disk>,
+        size: u64,
+        seed: u64,
+        stop: Arc<AtomicBool>,
+        acked: Arc<AtomicU64>,
+        lanes: Arc<AtomicU64>,
+    ) {
+        if stop.load(Ordering::Relaxed) {
+            lanes.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let buf = DmaBuf::from_slice(&random_bytes(seed, 4096));
+        let off = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) % (size / 4096) * 4096;
+        let d = disk.clone();
+        disk.write(
+            off,
+            buf,
+            false,
+            Box::new(move |_buf, r| {
+                r.expect("guest write failed");
+                acked.fetch_add(1, Ordering::Relaxed);
+                Self::next(d, size, seed.wrapping_add(16), stop, acked, lanes);
+            }),
+        );
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + T;
+        while self.lanes.load(Ordering::Acquire) > 0 {
+            assert!(Instant::now() < deadline, "guest writes never finished");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.acked.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn force_cancel_under_a_busy_guest_ends_promptly() {
+    // A guest at QD16 never has zero requests in flight: the cancel must not
+    // wait for such a moment (it used to wait until the load stopped).
+    for (ready, mode) in [
+        (false, CopyMode::Background),
+        (true, CopyMode::Background),
+        (false, CopyMode::WriteBlocking),
+        (true, CopyMode::WriteBlocking),
+    ] {
+        let size = 16u64 << 20;
+        let s = setup("m-busycancel", size as usize, 6);
+        let mut o = MirrorOptions::new("job0");
+        o.copy_mode = mode;
+        if !ready {
+            o.speed = 1 << 20;
+        }
+        let (job, mut ev) = start(&s, o).unwrap();
+        let guest = BusyGuest::start(&s.disk, size, 7);
+        if ready {
+            ev.wait("BLOCK_JOB_READY", T);
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let before = guest.acked.load(Ordering::Relaxed);
+        let t = Instant::now();
+        job.cancel(true).unwrap();
+        ev.wait("BLOCK_JOB_CANCELLED", T);
+        let took = t.elapsed();
+        ev.wait_status(Null, T);
+        // The guest kept going through and after the cancel.
+        std::thread::sleep(Duration::from_millis(100));
+        let after = guest.acked.load(Ordering::Relaxed);
+        let total = guest.stop();
+        assert!(
+            took < Duration::from_secs(5),
+            "cancel took {took:?} under a busy guest ({mode:?}, ready {ready})"
+        );
+        assert!(after > before, "the guest stalled: {before} -> {after}");
+        assert_eq!(s.disk.job_id(), None);
+        assert_eq!(s.disk.current().info().name, s.source.info().name);
+        let expect = if ready {
+            vec![Created, Running, Ready, Aborting, Concluded, Null]
+        } else {
+            vec![Created, Running, Aborting, Concluded, Null]
+        };
+        assert_eq!(ev.statuses(), expect, "{mode:?}");
+        assert!(total >= after);
+    }
 }
