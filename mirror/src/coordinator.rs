@@ -174,8 +174,8 @@ pub(crate) struct Coordinator {
     /// The target read as zeroes at start (`target-is-zero`, or it was one
     /// big hole): zero ranges need not be written where the job never wrote.
     target_zero: bool,
-    /// Progress watch: (when, bytes left then). A job whose bytes left did
-    /// not fall by a tenth in CONVERGENCE_WINDOW relaxes the pacer.
+    /// Progress watch: (when, bytes left then). A job whose bytes left are
+    /// not `shrinking` over CONVERGENCE_WINDOW relaxes the pacer.
     convergence: (Instant, u64),
     /// When guest I/O was last held, and when a READY hold may be tried
     /// again after one was abandoned.
@@ -204,6 +204,13 @@ fn strerror(e: &IoError) -> String {
 /// from 1.7 to 3.6 ms and made the paced copy slower.)
 fn chunk_bytes(buf_size: u64, granularity: u64) -> u64 {
     (buf_size / 16).clamp(granularity, 64 << 20)
+}
+
+/// Whether the bytes left, `before` one CONVERGENCE_WINDOW and `now`, are
+/// still shrinking: by at least 1% of what is left, or 64 MiB (a large disk's
+/// bulk copy moves far less than 1% in a window and still converges).
+fn shrinking(before: u64, now: u64) -> bool {
+    before.saturating_sub(now) >= (now / 100).clamp(1, 64 << 20)
 }
 
 /// True when `dev` is one unallocated hole from end to end (a new sparse
@@ -381,7 +388,7 @@ impl Coordinator {
         let left = self.sh.bitmap.dirty_bytes() + self.bytes_in_flight;
         if self.ready {
             self.pacer.reset_allowance();
-        } else if self.pacer.rate() != 0 && left > self.convergence.1 / 10 * 9 {
+        } else if self.pacer.rate() != 0 && !shrinking(self.convergence.1, left) {
             self.pacer.relax(now, left >= self.convergence.1);
         }
         self.convergence = (now, left);
@@ -1121,5 +1128,26 @@ impl Coordinator {
             }
             Cmd::Verb(v) => Err(self.refuse(v)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shrinking;
+
+    #[test]
+    fn shrinking_needs_one_percent_or_64_mib() {
+        const MIB: u64 = 1 << 20;
+        // 4 GiB left: 1% is ~41 MiB.
+        assert!(shrinking(4096 * MIB + 42 * MIB, 4096 * MIB));
+        assert!(!shrinking(4096 * MIB + 40 * MIB, 4096 * MIB));
+        assert!(!shrinking(4096 * MIB, 4096 * MIB));
+        assert!(!shrinking(4096 * MIB, 4200 * MIB), "growing");
+        // 1 TiB left: 64 MiB in a window is still progress.
+        assert!(shrinking((1 << 40) + 64 * MIB, 1 << 40));
+        assert!(!shrinking((1 << 40) + 63 * MIB, 1 << 40));
+        // Nearly done: any progress counts.
+        assert!(shrinking(50, 0));
+        assert!(!shrinking(0, 0));
     }
 }
