@@ -108,6 +108,13 @@ pub trait BlockDevice: Send + Sync {
     /// range exactly. Devices that cannot tell report one data extent.
     fn extents(&self, offset: u64, len: u64) -> IoResult<Vec<Extent>>;
 
+    /// Hint: start writing back cached writes of `[offset, offset+len)` now,
+    /// without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Only
+    /// meaningful for devices opened without O_DIRECT; a no-op elsewhere.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
+
     /// Change the size. Devices that cannot report [`ErrorKind::NotSupported`].
     fn resize(&self, new_size: u64) -> IoResult<()> {
         let _ = new_size;

@@ -775,6 +775,13 @@ impl<E: Executor> BlockDevice for FileDevice<E> {
         Ok(out)
     }
 
+    fn start_writeback(&self, offset: u64, len: u64) {
+        if !self.sh.info.direct && !self.sh.info.read_only {
+            // A hint: a failure here shows up at the next flush.
+            let _ = sys::start_writeback(&self.sh.buffered, offset, len);
+        }
+    }
+
     fn resize(&self, new_size: u64) -> IoResult<()> {
         let sh = &self.sh;
         if sh.info.kind != DeviceKind::File || sh.info.read_only {

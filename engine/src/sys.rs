@@ -475,6 +475,24 @@ pub(crate) fn seek_data_hole(file: &File, offset: u64, data: bool) -> io::Result
     Ok(Some(rc as u64))
 }
 
+/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: start
+/// writeback of the range without waiting for it.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: sync_file_range takes no pointers.
+    let rc = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `fallocate(fd, mode, offset, len)`.
 pub(crate) fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate takes no pointers.

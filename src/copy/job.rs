@@ -159,6 +159,7 @@ pub fn copy(
     let mut first_err: Option<IoError> = None;
     let mut planned_out = false;
     let mut pending: Option<Work> = None;
+    let writeback = (!dst.info().direct).then(|| Writeback::start(dst.clone()));
 
     loop {
         // Issue as much as the lanes and the rate allow.
@@ -272,6 +273,9 @@ pub fn copy(
             Event::Wrote(w, buf, Ok(())) => {
                 in_flight -= 1;
                 free.push(buf);
+                if let Some(wb) = &writeback {
+                    wb.written(w.off, w.len);
+                }
                 stats.written.fetch_add(w.len, Ordering::Relaxed);
                 stats.done.fetch_add(w.len, Ordering::Relaxed);
             }
@@ -292,8 +296,67 @@ pub fn copy(
             }
         }
     }
+    drop(writeback);
     if let Some(e) = first_err {
         return Err(e);
     }
     dst.flush_sync()
+}
+
+/// For a destination written through the page cache: a thread that asks the
+/// kernel to start writing back each completed write at once
+/// ([`BlockDevice::start_writeback`]), so the device writes while the copy
+/// still reads, instead of after the dirty pages pile up to the kernel's
+/// background threshold (10% of RAM) and the final fsync writes the rest.
+/// The call blocks while the device queue is full, which is why it has its
+/// own thread: made on the coordinator (an earlier version), it stalled the
+/// copy. Ranges that queue up meanwhile are merged.
+struct Writeback {
+    tx: Option<Sender<(u64, u64)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writeback {
+    fn start(dst: Arc<dyn BlockDevice>) -> Writeback {
+        let (tx, rx) = crossbeam_channel::unbounded::<(u64, u64)>();
+        let thread = std::thread::Builder::new()
+            .name("rm-writeback".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut ranges: Vec<(u64, u64)> = vec![first];
+                    ranges.extend(rx.try_iter());
+                    ranges.sort_unstable();
+                    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+                    for (off, len) in ranges {
+                        match merged.last_mut() {
+                            Some((o, l)) if *o + *l >= off => *l = (*l).max(off + len - *o),
+                            _ => merged.push((off, len)),
+                        }
+                    }
+                    for (off, len) in merged {
+                        dst.start_writeback(off, len);
+                    }
+                }
+            })
+            .ok();
+        Writeback {
+            tx: thread.is_some().then_some(tx),
+            thread,
+        }
+    }
+
+    fn written(&self, off: u64, len: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((off, len));
+        }
+    }
+}
+
+impl Drop for Writeback {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

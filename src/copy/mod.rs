@@ -67,9 +67,11 @@ pub struct CopyArgs {
     #[arg(long)]
     pub verify: bool,
     /// `direct`: O_DIRECT on both sides (the default: predictable, and no
-    /// page-cache pollution). `buffered`: through the page cache, written back
-    /// by the kernel and fsync'd at the end (can be faster into a new file on
-    /// filesystems where direct writes pay for allocation; see DESIGN.md).
+    /// page-cache pollution). `buffered`: the destination is written through
+    /// the page cache, its writeback started as each write completes, and
+    /// fsync'd at the end (can be faster into a new file on filesystems where
+    /// direct writes pay for allocation; see DESIGN.md). The source is read
+    /// with O_DIRECT either way.
     #[arg(long, value_parser = ["direct", "buffered"], default_value = "direct")]
     pub cache: String,
     /// Progress and summary as JSON lines on stdout.
@@ -183,7 +185,8 @@ pub fn run(args: CopyArgs) -> Result<(), CliError> {
             src_path,
             &OpenOptions {
                 write: false,
-                direct: args.cache != "buffered",
+                // Read once: O_DIRECT in both modes (see `cache`).
+                direct: true,
             },
         )
         .map_err(|e| CliError::msg(format!("cannot open source: {e}")))?;
