@@ -14,10 +14,25 @@ use std::ptr::NonNull;
 use crate::buf::DmaBuf;
 
 /// An aligned, zero-initialised heap allocation that owns its layout.
+///
+/// Allocations of 2 MiB and more are their own anonymous mapping: the kernel
+/// hands the pages out zeroed on first touch, where the allocator's
+/// `alloc_zeroed` for a page-aligned layout allocates and then memsets the
+/// whole range (for the copy's 256 MiB arena, 65536 page faults before the
+/// first byte moves). Measured on a 4 GiB copy with nothing to copy (all
+/// holes), i.e. the set-up: 0.21-0.23 s with the allocator, 0.10-0.15 s with
+/// the mapping. Transparent huge pages (`MADV_HUGEPAGE`) were faster when
+/// memory was free (0.04 s) and slower when the page cache filled it
+/// (0.11-0.56 s: direct compaction at fault time), so they are not asked for.
 pub(crate) struct RawAlloc {
     ptr: NonNull<u8>,
     layout: Layout,
+    /// The memory is a mapping of `layout.size()` bytes at `ptr`.
+    mapped: bool,
 }
+
+/// Allocations at least this large get their own mapping.
+const MAP_THRESHOLD: usize = 2 << 20;
 
 // SAFETY: RawAlloc is a unique owner of plain bytes (like Box<[u8]>); it has
 // no thread affinity and no interior mutability of its own.
@@ -33,12 +48,48 @@ impl RawAlloc {
             Ok(l) => l,
             Err(_) => panic!("invalid buffer layout: size {size} align {align}"),
         };
+        if layout.size() >= MAP_THRESHOLD && layout.align() <= 4096 {
+            if let Some(a) = Self::mapped(layout) {
+                return a;
+            }
+        }
         // SAFETY: the layout has a non-zero size (size.max(1)).
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         match NonNull::new(ptr) {
-            Some(ptr) => RawAlloc { ptr, layout },
+            Some(ptr) => RawAlloc {
+                ptr,
+                layout,
+                mapped: false,
+            },
             None => alloc::handle_alloc_error(layout),
         }
+    }
+
+    /// An anonymous mapping (page-aligned, which satisfies `layout.align()`
+    /// up to the page size); `None` if the kernel refuses (the caller falls
+    /// back to the allocator).
+    fn mapped(layout: Layout) -> Option<RawAlloc> {
+        let len = layout.size();
+        // SAFETY: an anonymous private mapping at an address the kernel
+        // picks: it aliases no existing memory. The result is checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        Some(RawAlloc {
+            ptr: NonNull::new(base.cast::<u8>())?,
+            layout,
+            mapped: true,
+        })
     }
 
     pub(crate) fn as_ptr(&self) -> *const u8 {
@@ -61,6 +112,13 @@ impl RawAlloc {
 
 impl Drop for RawAlloc {
     fn drop(&mut self) {
+        if self.mapped {
+            // SAFETY: `ptr` and `layout.size()` are the mapping `mapped`
+            // created; it is unmapped once, here, and nothing uses it any more
+            // (every DmaBuf and registration of it keeps the RawAlloc alive).
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.layout.size()) };
+            return;
+        }
         // SAFETY: ptr was returned by alloc_zeroed with exactly this layout and
         // is freed once, here.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
