@@ -388,6 +388,8 @@ impl Coordinator {
         let left = self.sh.bitmap.dirty_bytes() + self.bytes_in_flight;
         if self.ready {
             self.pacer.reset_allowance();
+        } else if self.paused() {
+            // Nothing is copied while paused: that says nothing about the guest.
         } else if self.pacer.rate() != 0 && !shrinking(self.convergence.1, left) {
             self.pacer.relax(now, left >= self.convergence.1);
         }
@@ -485,10 +487,18 @@ impl Coordinator {
                 if !self.copies.is_empty() || self.flushing {
                     return;
                 }
-                // A busy guest always has requests in flight: waiting for a
-                // moment with none could take as long as the load lasts.
-                // Close the gate instead (new requests park for the
-                // milliseconds the ones in flight take), detach, reopen.
+                if !self.link.is_write_blocking() {
+                    // Guest requests in flight that saw the job only mark a
+                    // bitmap nobody reads any more: unlink and end now.
+                    self.conclude_aborted();
+                    return;
+                }
+                // Write-blocking: requests in flight that saw the job also
+                // write to the target, which must be done with once the job
+                // is cancelled. A busy guest always has requests in flight:
+                // waiting for a moment with none could take as long as the
+                // load lasts. Close the gate instead (new requests park for
+                // the milliseconds the ones in flight take), unlink, reopen.
                 if !self.abort_gate_closed {
                     self.abort_gate_closed = true;
                     let tx = self.sh.tx.clone();
@@ -587,8 +597,9 @@ impl Coordinator {
         match self.finish {
             Some(Finish::Complete) if self.sh.opts.auto_finalize || self.finalized => {
                 self.disk.switch_to(self.target.clone());
-                self.disk.detach();
+                self.disk.unlink();
                 self.disk.gate.open();
+                self.disk.release();
                 self.phase = Phase::Ended;
                 if self.status != JobStatus::Pending {
                     self.set_status(JobStatus::Waiting);
@@ -609,8 +620,9 @@ impl Coordinator {
             }
             Some(Finish::SoftCancel) => {
                 // The target is a point-in-time copy: stop tracking.
-                self.disk.detach();
+                self.disk.unlink();
                 self.disk.gate.open();
+                self.disk.release();
                 self.phase = Phase::Ended;
                 self.set_status(JobStatus::Waiting);
                 self.set_status(JobStatus::Pending);
@@ -663,10 +675,14 @@ impl Coordinator {
         self.set_status(JobStatus::Aborting);
     }
 
-    /// Called with the gate closed and drained.
+    /// Called with no copy in flight, and in write-blocking mode with the
+    /// gate closed and drained.
     fn conclude_aborted(&mut self) {
-        self.disk.detach();
-        self.disk.gate.open();
+        self.disk.unlink();
+        if self.abort_gate_closed {
+            self.disk.gate.open();
+        }
+        self.disk.release();
         self.phase = Phase::Ended;
         let progress = self.progress();
         if self.error.is_none() {

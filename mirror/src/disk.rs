@@ -177,8 +177,21 @@ impl Disk {
         Ok(())
     }
 
+    /// Unlink and release at once (a job that never ran).
     pub(crate) fn detach(&self) {
+        self.unlink();
+        self.release();
+    }
+
+    /// Guest requests from now on are neither tracked nor mirrored.
+    pub(crate) fn unlink(&self) {
         self.link.store(None);
+    }
+
+    /// The disk may take another job. Called after the gate has reopened,
+    /// so a new job's attach (which closes the gate) cannot interleave with
+    /// the old job's reopening.
+    pub(crate) fn release(&self) {
         *self.job_id.lock() = None;
     }
 
