@@ -13,7 +13,8 @@ use std::ptr::NonNull;
 
 use crate::buf::DmaBuf;
 
-/// An aligned, zero-initialised heap allocation that owns its layout.
+/// An aligned, zero-initialised allocation (heap, or its own mapping) that
+/// owns its layout.
 ///
 /// Allocations of 2 MiB and more are their own anonymous mapping: the kernel
 /// hands the pages out zeroed on first touch, where the allocator's
@@ -129,10 +130,11 @@ impl Drop for RawAlloc {
 pub(crate) fn buf_slice(owner: &DmaBuf, ptr: *const u8, len: usize) -> &[u8] {
     debug_assert!(len <= owner.capacity());
     // SAFETY: `ptr` is the start of the memory `owner` owns exclusively (its
-    // heap allocation, or an arena chunk popped from the free list that no
+    // own RawAlloc, or an arena chunk popped from the free list that no
     // other DmaBuf holds until `owner` drops), `len <= capacity` is kept by
-    // DmaBuf::set_len, the bytes are initialised (allocated zeroed), and the
-    // returned borrow is tied to `owner`.
+    // DmaBuf::set_len, the bytes are initialised (RawAlloc memory is zeroed
+    // by the allocator or, for a mapping, by the kernel), and the returned
+    // borrow is tied to `owner`.
     unsafe { std::slice::from_raw_parts(ptr, len) }
 }
 
