@@ -492,14 +492,14 @@ impl BusyGuest {
         );
     }
 
-    fn stop(self) -> u64 {
+    /// Stop issuing and wait until every lane's last write has completed.
+    fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + T;
         while self.lanes.load(Ordering::Acquire) > 0 {
             assert!(Instant::now() < deadline, "guest writes never finished");
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.acked.load(Ordering::Relaxed)
     }
 }
 
@@ -536,7 +536,7 @@ fn force_cancel_under_a_busy_guest_ends_promptly() {
         // The guest kept going through and after the cancel.
         std::thread::sleep(Duration::from_millis(100));
         let after = guest.acked.load(Ordering::Relaxed);
-        let total = guest.stop();
+        guest.stop();
         assert!(
             took < Duration::from_secs(5),
             "cancel took {took:?} under a busy guest ({mode:?}, ready {ready})"
@@ -550,6 +550,5 @@ fn force_cancel_under_a_busy_guest_ends_promptly() {
             vec![Created, Running, Aborting, Concluded, Null]
         };
         assert_eq!(ev.statuses(), expect, "{mode:?}");
-        assert!(total >= after);
     }
 }

@@ -4,6 +4,7 @@ mod job;
 mod verify;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -166,7 +167,6 @@ pub fn run(args: CopyArgs) -> Result<(), CliError> {
             // least 4): setting buffers up costs about 0.4 ms per MiB, the
             // copy about 1 ms per MiB of data, so this keeps the set-up
             // under ~5% of the copy (DESIGN.md, "The copy tool").
-            use std::os::unix::fs::MetadataExt;
             let data = m.blocks().saturating_mul(512).min(m.len());
             lanes = lanes.min((data / 8).div_ceil(args.request_size).max(4) as usize);
         }
