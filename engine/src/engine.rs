@@ -52,7 +52,13 @@ impl Default for EngineConfig {
                 },
                 ArenaClass {
                     chunk_size: 1 << 20,
-                    count: 32,
+                    count: 16,
+                },
+                // A mirror job's bulk copy requests (see ringmirror-mirror's
+                // `MAX_REQUEST_BYTES`): four in flight at the default buf-size.
+                ArenaClass {
+                    chunk_size: 4 << 20,
+                    count: 8,
                 },
             ],
             register_buffers: true,

@@ -112,7 +112,8 @@ fn ignore_retries_and_completes() {
     f.dst.fail(FaultOp::Write, libc::EIO, 0.3, 20, 0, u64::MAX);
     let mut o = MirrorOptions::new("job0");
     o.on_target_error = ErrorPolicy::Ignore;
-    o.buf_size = 1 << 20;
+    // 64 KiB requests (buf-size / 4): 128 writes, enough for 20 failures.
+    o.buf_size = 256 << 10;
     let (job, mut ev) = start_on(&f, o);
     ev.wait("BLOCK_JOB_READY", T);
     assert_eq!(f.dst.injected(), 20);
