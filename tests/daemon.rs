@@ -169,4 +169,5 @@ scenarios! {
     compare_qsd_auto_finalize,
     compare_qsd_size_mismatch,
     compare_qsd_quit,
+    compare_qsd_cancel_pending,
 }

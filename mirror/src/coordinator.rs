@@ -691,6 +691,12 @@ impl Coordinator {
             self.disk.gate.open();
         }
         self.disk.release();
+        self.conclude_cancelled();
+    }
+
+    /// `BLOCK_JOB_CANCELLED` (or COMPLETED with the error that ended the
+    /// job), concluded, and null with auto-dismiss. The disk is done with.
+    fn conclude_cancelled(&mut self) {
         self.phase = Phase::Ended;
         let progress = self.progress();
         if self.error.is_none() {
@@ -1104,11 +1110,20 @@ impl Coordinator {
                         self.sh.id
                     )));
                 }
-                if !force
-                    && self.ready
-                    && !self.awaiting_finalize
-                    && self.status != JobStatus::Pending
-                {
+                if self.status == JobStatus::Pending {
+                    // As QEMU: a mirror that is no longer READY treats a
+                    // soft cancel as force; either aborts, without the switch.
+                    if self.phase == Phase::Ended {
+                        // Soft-cancelled in READY: nothing in flight, the
+                        // disk already released (maybe to another job).
+                        self.set_status(JobStatus::Aborting);
+                        self.conclude_cancelled();
+                        return Ok(());
+                    }
+                    self.start_abort();
+                    return Ok(());
+                }
+                if !force && self.ready && !self.awaiting_finalize {
                     // Soft cancel in READY: finish in sync, no switch.
                     self.finish = Some(Finish::SoftCancel);
                 } else {

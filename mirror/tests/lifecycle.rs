@@ -294,6 +294,38 @@ fn auto_finalize_and_auto_dismiss_off_wait_for_the_user() {
     assert_files_equal(&s.src_path, &s.dst_path);
 }
 
+/// QEMU's mirror treats any cancel of a pending job as force (it is no
+/// longer READY): CANCELLED, no switch. After complete, and after a soft
+/// cancel in READY (which leaves the target a consistent copy).
+#[test]
+fn cancel_while_pending_aborts_without_switching() {
+    let s = setup("m-cancelpending", 8 << 20, 11);
+    for soft_cancelled in [false, true] {
+        let mut o = MirrorOptions::new("job0");
+        o.auto_finalize = false;
+        let (job, mut ev) = start(&s, o).unwrap();
+        ev.wait("BLOCK_JOB_READY", T);
+        if soft_cancelled {
+            job.cancel(false).unwrap();
+        } else {
+            job.complete().unwrap();
+        }
+        ev.wait("BLOCK_JOB_PENDING", T);
+        job.cancel(false).unwrap();
+        ev.wait("BLOCK_JOB_CANCELLED", T);
+        ev.wait_status(Null, T);
+        assert!(!ev.names().contains(&"BLOCK_JOB_COMPLETED".to_string()));
+        assert_eq!(
+            ev.statuses(),
+            vec![Created, Running, Ready, Waiting, Pending, Aborting, Concluded, Null],
+            "soft-cancelled first: {soft_cancelled}"
+        );
+        assert_eq!(s.disk.current().info().name, s.source.info().name);
+        assert_eq!(s.disk.job_id(), None);
+        assert_files_equal(&s.src_path, &s.dst_path);
+    }
+}
+
 #[test]
 fn sync_none_copies_only_new_writes() {
     let s = setup("m-syncnone", 8 << 20, 11);

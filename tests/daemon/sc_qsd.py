@@ -236,6 +236,39 @@ async def sc_compare_auto_finalize(ctx):
     await images_identical(rm, "ringmirror after finalize")
 
 
+async def sc_compare_cancel_pending(ctx):
+    """Cancel while pending (auto-finalize false): any cancel, soft or
+    force, aborts the job (QEMU's mirror treats a soft cancel as force
+    once the job is no longer READY): BLOCK_JOB_CANCELLED, no switch, the
+    export still on the source. First after block-job-complete (soft
+    block-job-cancel), then after a soft cancel in READY (job-cancel).
+    Same transcript on both daemons."""
+    async def script(s):
+        d = s.d
+        await d.ret("blockdev-mirror", mirror_args(**{"auto-finalize": False}))
+        await d.wait_event("BLOCK_JOB_READY")
+        await d.ret("block-job-complete", {"device": "job0"})
+        await d.wait_event("BLOCK_JOB_PENDING")
+        await d.ret("block-job-cancel", {"device": "job0"})
+        await d.wait_event("BLOCK_JOB_CANCELLED")
+        await d.wait_status("job0", "null")
+        await s.query("query-jobs")
+        await s.query("query-block-exports")
+        await d.ret("blockdev-mirror", mirror_args(job="job1", **{"auto-finalize": False}))
+        await d.wait_event("BLOCK_JOB_READY", lambda e: e["device"] == "job1")
+        await d.ret("block-job-cancel", {"device": "job1"})
+        await d.wait_event("BLOCK_JOB_PENDING", lambda e: e["id"] == "job1")
+        await s.query("query-jobs")
+        await d.ret("job-cancel", {"id": "job1"})
+        await d.wait_status("job1", "null")
+        await s.query("query-jobs")
+        await s.query("query-block-exports")
+        await d.quit()
+
+    rm, qsd = await both(ctx, script)
+    await images_identical(rm, "ringmirror after the soft-cancelled job")
+
+
 async def sc_compare_size_mismatch(ctx):
     """A target of a different size: QSD accepts the command and fails the
     job at once; ringmirror refuses it up front with the same message."""
@@ -292,5 +325,6 @@ SCENARIOS = {
     "compare_qsd_soft_cancel": sc_compare_soft_cancel,
     "compare_qsd_auto_finalize": sc_compare_auto_finalize,
     "compare_qsd_size_mismatch": sc_compare_size_mismatch,
+    "compare_qsd_cancel_pending": sc_compare_cancel_pending,
     "compare_qsd_quit": sc_compare_quit,
 }
