@@ -12,6 +12,13 @@
 //! whole are then in sync and are cleared; partly covered ones keep their
 //! bit as it was (both sides received the same bytes, so a clean cluster
 //! stays clean and a dirty one stays dirty).
+//!
+//! As in QEMU (`do_sync_target_write`), the part of a request in a partly
+//! covered cluster that is still dirty is not written to the target: the
+//! job copies that whole cluster later anyway, and under the cluster lock
+//! no copy of it can be in flight, so the copy will read the new bytes.
+//! (Guest writes are tracked in 4 KiB clusters, so this concerns writes
+//! that are not 4 KiB-aligned.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,6 +133,23 @@ impl JobLink {
         }
     }
 
+    /// The part of `[off, off+len)` the target must receive: without a
+    /// partly covered head or tail cluster that is dirty (QEMU's "dirty
+    /// unaligned padding"). None when nothing is left. Called under the
+    /// cluster lock of the span, so no copy of those clusters is in flight.
+    fn target_part(&self, off: u64, len: u64) -> Option<(u64, u64)> {
+        let g = self.bitmap.granularity();
+        let (mut start, mut end) = (off, off + len);
+        if start % g != 0 && self.bitmap.is_dirty(start / g) {
+            start = align_down(start, g) + g;
+        }
+        // A write that reaches the end of the disk covers its last cluster.
+        if end % g != 0 && end != self.bitmap.len() && self.bitmap.is_dirty((end - 1) / g) {
+            end = align_down(end, g);
+        }
+        (end > start).then(|| (start, end - start))
+    }
+
     fn target_failed(&self, off: u64, len: u64, e: IoError) {
         self.mark(off, len);
         let _ = self.notify.send(Msg::ActiveTargetError(e));
@@ -159,19 +183,41 @@ impl JobLink {
         let link = self.clone();
         self.locks.acquire(lo, hi, true, move |guard| {
             let len = buf.len() as u64;
-            let mut copy = link.target.alloc_buf(buf.len());
-            copy.copy_from_slice(&buf);
-            let _ = link.written.mark(off, len);
+            let Some((toff, tlen)) = link.target_part(off, len) else {
+                // All of it lies in dirty clusters: source only; they stay
+                // dirty and are copied after the lock is released.
+                let l2 = link.clone();
+                return src.write(
+                    off,
+                    buf,
+                    fua,
+                    Box::new(move |b, r| {
+                        if r.is_err() {
+                            l2.mark(off, len);
+                        }
+                        drop(guard);
+                        done(b, r)
+                    }),
+                );
+            };
+            let at = (toff - off) as usize;
+            let mut copy = link.target.alloc_buf(tlen as usize);
+            copy.copy_from_slice(&buf[at..at + tlen as usize]);
+            let _ = link.written.mark(toff, tlen);
             let l2 = link.clone();
             let halves = Halves::new(Box::new(move |s, t, b| {
-                l2.settle(off, len, &s, t);
+                if s.is_err() {
+                    l2.mark(off, len);
+                } else {
+                    l2.settle(toff, tlen, &s, t);
+                }
                 drop(guard);
                 done(b.unwrap_or_else(|| DmaBuf::new(0, 1)), s);
             }));
             let h = halves.clone();
             src.write(off, buf, fua, Box::new(move |b, r| h.source(r, Some(b))));
             link.target
-                .write(off, copy, fua, Box::new(move |_b, r| halves.target(r)));
+                .write(toff, copy, fua, Box::new(move |_b, r| halves.target(r)));
         });
     }
 
@@ -187,17 +233,36 @@ impl JobLink {
         let (lo, hi) = self.span(off, len);
         let link = self.clone();
         self.locks.acquire(lo, hi, true, move |guard| {
-            let _ = link.written.mark(off, len);
+            let Some((toff, tlen)) = link.target_part(off, len) else {
+                let l2 = link.clone();
+                return src.write_zeroes(
+                    off,
+                    len,
+                    unmap,
+                    Box::new(move |r| {
+                        if r.is_err() {
+                            l2.mark(off, len);
+                        }
+                        drop(guard);
+                        done(r)
+                    }),
+                );
+            };
+            let _ = link.written.mark(toff, tlen);
             let l2 = link.clone();
             let halves = Halves::new(Box::new(move |s, t, _| {
-                l2.settle(off, len, &s, t);
+                if s.is_err() {
+                    l2.mark(off, len);
+                } else {
+                    l2.settle(toff, tlen, &s, t);
+                }
                 drop(guard);
                 done(s);
             }));
             let h = halves.clone();
             src.write_zeroes(off, len, unmap, Box::new(move |r| h.source(r, None)));
             link.target
-                .write_zeroes(off, len, unmap, Box::new(move |r| halves.target(r)));
+                .write_zeroes(toff, tlen, unmap, Box::new(move |r| halves.target(r)));
         });
     }
 }
