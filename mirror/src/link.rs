@@ -13,12 +13,16 @@
 //! bit as it was (both sides received the same bytes, so a clean cluster
 //! stays clean and a dirty one stays dirty).
 //!
-//! As in QEMU (`do_sync_target_write`), the part of a request in a partly
-//! covered cluster that is still dirty is not written to the target: the
-//! job copies that whole cluster later anyway, and under the cluster lock
-//! no copy of it can be in flight, so the copy will read the new bytes.
-//! (Guest writes are tracked in 4 KiB clusters, so this concerns writes
-//! that are not 4 KiB-aligned.)
+//! Clusters that are still dirty are not written to the target: the job
+//! copies them later anyway, and under the cluster lock no copy of them is
+//! in flight and none can take them, so that copy reads the new bytes. A
+//! request wholly in dirty clusters goes to the source only; otherwise the
+//! dirty partial clusters at its ends are left out, as QEMU's
+//! `do_sync_target_write` does (QEMU writes wholly covered dirty clusters
+//! through as well). A guest write never makes a cluster dirty, so the job
+//! still converges whatever the guest does; once it is in sync every write
+//! goes to both sides. Early in a full sync, when nearly all is dirty, the
+//! guest pays about what it pays in background mode.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -133,13 +137,18 @@ impl JobLink {
         }
     }
 
-    /// The part of `[off, off+len)` the target must receive: without a
-    /// partly covered head or tail cluster that is dirty (QEMU's "dirty
-    /// unaligned padding"). None when nothing is left. Called under the
-    /// cluster lock of the span, so no copy of those clusters is in flight.
+    /// The part of `[off, off+len)` the target must receive: None when all
+    /// of it lies in dirty clusters, else without a partly covered head or
+    /// tail cluster that is dirty (QEMU's "dirty unaligned padding"). Called
+    /// under the cluster lock of the span: no copy of those clusters is in
+    /// flight, and none can take them until it is released.
     fn target_part(&self, off: u64, len: u64) -> Option<(u64, u64)> {
         let g = self.bitmap.granularity();
         let (mut start, mut end) = (off, off + len);
+        let (first, last) = (start / g, (end - 1) / g);
+        if (first..=last).all(|c| self.bitmap.is_dirty(c)) {
+            return None;
+        }
         if start % g != 0 && self.bitmap.is_dirty(start / g) {
             start = align_down(start, g) + g;
         }
