@@ -580,6 +580,7 @@ impl Coordinator {
         match self.phase {
             Phase::Run if !self.ready => {
                 self.ready = true;
+                self.link.ready.store(true, Ordering::Release);
                 self.set_status(JobStatus::Ready);
                 let progress = self.progress();
                 self.sh.emit(JobEvent::Ready {

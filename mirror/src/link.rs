@@ -13,16 +13,17 @@
 //! bit as it was (both sides received the same bytes, so a clean cluster
 //! stays clean and a dirty one stays dirty).
 //!
-//! Clusters that are still dirty are not written to the target: the job
-//! copies them later anyway, and under the cluster lock no copy of them is
-//! in flight and none can take them, so that copy reads the new bytes. A
-//! request wholly in dirty clusters goes to the source only; otherwise the
-//! dirty partial clusters at its ends are left out, as QEMU's
+//! Before READY, clusters that are still dirty are not written to the
+//! target: the job copies them later anyway, and under the cluster lock no
+//! copy of them is in flight and none can take them, so that copy reads the
+//! new bytes. A request wholly in dirty clusters goes to the source only;
+//! otherwise the dirty partial clusters at its ends are left out, as QEMU's
 //! `do_sync_target_write` does (QEMU writes wholly covered dirty clusters
-//! through as well). A guest write never makes a cluster dirty, so the job
-//! still converges whatever the guest does; once it is in sync every write
-//! goes to both sides. Early in a full sync, when nearly all is dirty, the
-//! guest pays about what it pays in background mode.
+//! through as well). A successful write-blocking guest write never makes a
+//! cluster dirty, so the job still converges whatever the guest does. Early in a
+//! full sync, when nearly all is dirty, the guest pays about what it pays in
+//! background mode. From READY on, every write-blocking request goes to
+//! both sides whole before it completes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +43,11 @@ pub(crate) struct JobLink {
     pub(crate) target: Arc<dyn BlockDevice>,
     pub(crate) locks: Arc<RangeLock>,
     pub(crate) write_blocking: AtomicBool,
+    /// Set when the job first reaches READY: from then on a write-blocking
+    /// request writes all of itself to both sides, whatever the bitmap says
+    /// (a discard, an error or a write from before a mode switch may have
+    /// left a cluster dirty).
+    pub(crate) ready: AtomicBool,
     /// Bytes of guest writes marked dirty (for the dirty rate).
     pub(crate) guest_dirtied: AtomicU64,
     /// Bytes written to the target by write-blocking requests; they count
@@ -137,12 +143,16 @@ impl JobLink {
         }
     }
 
-    /// The part of `[off, off+len)` the target must receive: None when all
+    /// The part of `[off, off+len)` the target must receive: all of it from
+    /// READY on; before, None when all
     /// of it lies in dirty clusters, else without a partly covered head or
     /// tail cluster that is dirty (QEMU's "dirty unaligned padding"). Called
     /// under the cluster lock of the span: no copy of those clusters is in
     /// flight, and none can take them until it is released.
     fn target_part(&self, off: u64, len: u64) -> Option<(u64, u64)> {
+        if len == 0 || self.ready.load(Ordering::Acquire) {
+            return Some((off, len));
+        }
         let g = self.bitmap.granularity();
         let (mut start, mut end) = (off, off + len);
         let (first, last) = (start / g, (end - 1) / g);

@@ -376,19 +376,19 @@ fn write_blocking_puts_guest_writes_on_the_target_before_acknowledging() {
     assert_files_equal(&s.src_path, &s.dst_path);
 }
 
-/// Before the job is in sync, a write-blocking request writes the target
-/// only where it is clean: the parts in dirty clusters go to the source only
-/// (the job copies those clusters later anyway; QEMU skips only the dirty
-/// partial clusters at the ends). Guest writes are tracked in 4 KiB clusters.
+/// Before READY, a write-blocking request leaves out of its target write
+/// the clusters still dirty at its ends, and goes to the source only when
+/// it lies wholly in dirty clusters (the job copies those later anyway;
+/// QEMU skips only the dirty partial clusters at the ends). Guest writes
+/// are tracked in 4 KiB clusters.
 #[test]
-fn write_blocking_writes_only_clean_clusters_through_before_ready() {
+fn write_blocking_leaves_dirty_clusters_to_the_copy_before_ready() {
     const MIB: u64 = 1 << 20;
     let s = setup("m-active-dirty", 8 << 20, 13);
     let mut o = MirrorOptions::new("job0");
     o.copy_mode = CopyMode::WriteBlocking;
-    // The copy crawls up from offset 0 (one 64 KiB request per 1/10 s at
-    // first): its first request leaves [0, 64 KiB) clean, the last MiB
-    // stays dirty for seconds.
+    // The copy crawls up from offset 0 in 4 KiB requests (a tenth of a
+    // second's worth, at least a cluster); paused, it stops at `done`.
     o.speed = 64 << 10;
     let (job, mut ev) = start(&s, o).unwrap();
     let t0 = Instant::now();
@@ -396,11 +396,30 @@ fn write_blocking_writes_only_clean_clusters_through_before_ready() {
         assert!(t0.elapsed() < T, "no progress: {:?}", job.query());
         std::thread::sleep(Duration::from_millis(5));
     }
+    job.pause().unwrap();
+    ev.wait_status(Paused, T);
+    let done = job.query().offset;
+    assert_eq!(done % 4096, 0);
+    let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
     // Clean clusters, partly and wholly covered: on the target at once.
     let clean = random_bytes(39, 10_000);
     s.disk.write_at(1000, &clean, false).unwrap();
     assert!(s.target.read_at(1000, clean.len()).unwrap()[..] == clean[..]);
-    // Dirty clusters, partly and wholly covered: source only.
+    // Clean head, whole dirty clusters, dirty partial tail: all but the tail.
+    let mixed = random_bytes(42, 6000 + 9000);
+    let mixed_off = done - 6000;
+    s.disk.write_at(mixed_off, &mixed, false).unwrap();
+    let through = (align_down(done + 9000, 4096) - mixed_off) as usize;
+    let t = s.target.read_at(mixed_off, mixed.len()).unwrap();
+    assert!(
+        t[..through] == mixed[..through],
+        "clean head and whole clusters"
+    );
+    assert!(
+        zero(&t[through..]),
+        "the dirty partial tail reached the target"
+    );
+    // Wholly in dirty clusters, partly and wholly covered: source only.
     let inside = random_bytes(40, 1024);
     s.disk
         .write_at(7 * MIB + 8192 + 512, &inside, false)
@@ -408,8 +427,6 @@ fn write_blocking_writes_only_clean_clusters_through_before_ready() {
     let across = random_bytes(41, 8192 + 2 * 1000);
     let across_off = 7 * MIB + (256 << 10) - 1000;
     s.disk.write_at(across_off, &across, false).unwrap();
-    assert!(job.query().offset < MIB, "{:?}", job.query());
-    let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
     assert!(
         zero(&s.target.read_at(7 * MIB + 8192, 4096).unwrap()),
         "a write inside a dirty cluster reached the target"
@@ -419,10 +436,21 @@ fn write_blocking_writes_only_clean_clusters_through_before_ready() {
         "a write over dirty clusters reached the target"
     );
     job.set_speed(0).unwrap();
+    job.resume().unwrap();
     ev.wait("BLOCK_JOB_READY", T);
+    // From READY on, all of a write goes to both sides, even over a cluster
+    // a discard has just made dirty.
+    s.disk.discard_sync(5 * MIB, 4096).unwrap();
+    let after = random_bytes(43, 4096);
+    s.disk.write_at(5 * MIB, &after, false).unwrap();
+    assert!(s.target.read_at(5 * MIB, 4096).unwrap()[..] == after[..]);
     job.complete().unwrap();
     ev.wait("BLOCK_JOB_COMPLETED", T);
     assert_files_equal(&s.src_path, &s.dst_path);
+}
+
+fn align_down(v: u64, a: u64) -> u64 {
+    v - v % a
 }
 
 #[test]
