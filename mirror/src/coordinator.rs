@@ -978,6 +978,12 @@ impl Coordinator {
         let action = match policy {
             ErrorPolicy::Report => ErrorAction::Report,
             ErrorPolicy::Ignore => ErrorAction::Ignore,
+            // A pending job keeps mirroring but cannot pause (resume is
+            // refused in pending, as in QEMU, where a pending job does no
+            // more I/O): one that would stop fails instead.
+            ErrorPolicy::Stop | ErrorPolicy::Enospc if self.status == JobStatus::Pending => {
+                ErrorAction::Report
+            }
             ErrorPolicy::Stop => ErrorAction::Stop,
             ErrorPolicy::Enospc if nospace => ErrorAction::Stop,
             ErrorPolicy::Enospc => ErrorAction::Report,

@@ -179,6 +179,35 @@ fn enospc_reports_other_errors() {
     assert!(errors(&ev).iter().all(|e| e.1 == ErrorAction::Report));
 }
 
+/// A pending job (auto-finalize off) keeps mirroring, but cannot pause:
+/// resume is refused in pending. A target error that would stop it fails
+/// it instead (BLOCK_JOB_ERROR action report, COMPLETED with the error, no
+/// switch), so finalize ends instead of waiting forever.
+#[test]
+fn stop_while_pending_fails_the_job() {
+    let f = faulty("e-pending", 4 << 20);
+    let mut o = MirrorOptions::new("job0");
+    o.on_target_error = ErrorPolicy::Stop;
+    o.auto_finalize = false;
+    let (job, mut ev) = start_on(&f, o);
+    ev.wait("BLOCK_JOB_READY", T);
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_PENDING", T);
+    f.dst
+        .fail(FaultOp::Write, libc::EIO, 1.0, u64::MAX, 0, u64::MAX);
+    use ringmirror_engine::BlockDeviceExt;
+    f.disk.write_at(8192, &[7u8; 8192], false).unwrap();
+    job.finalize().unwrap();
+    let JobEvent::Completed { error, .. } = ev.wait("BLOCK_JOB_COMPLETED", T) else {
+        unreachable!()
+    };
+    assert_eq!(error.as_deref(), Some("Input/output error"));
+    assert_eq!(errors(&ev)[0], (IoOperation::Write, ErrorAction::Report));
+    ev.wait_status(JobStatus::Null, T);
+    assert_eq!(f.disk.current().info().name, f.src.info().name);
+    assert_eq!(f.disk.job_id(), None);
+}
+
 #[test]
 fn errors_after_ready_keep_the_job_ready() {
     let f = faulty("e-sticky", 4 << 20);
