@@ -369,20 +369,30 @@ impl BlockDevice for Disk {
             return self.park(move |d| d.discard(offset, len, done));
         };
         let dev = t.0.current();
-        let link = t.0.link.load_full();
         // Discarded bytes read back as whatever the source says: the job
         // copies them like any other write, in both modes.
-        dev.discard(
-            offset,
-            len,
-            Box::new(move |r| {
-                if let Some(l) = link {
-                    l.mark(offset, len);
-                }
-                drop(t);
-                done(r)
-            }),
-        );
+        match t.0.link.load_full() {
+            Some(link) if link.is_write_blocking() => link.active_discard(
+                dev,
+                offset,
+                len,
+                Box::new(move |r| {
+                    drop(t);
+                    done(r)
+                }),
+            ),
+            link => dev.discard(
+                offset,
+                len,
+                Box::new(move |r| {
+                    if let Some(l) = link {
+                        l.mark(offset, len);
+                    }
+                    drop(t);
+                    done(r)
+                }),
+            ),
+        }
     }
 
     fn extents(&self, offset: u64, len: u64) -> IoResult<Vec<Extent>> {

@@ -240,6 +240,35 @@ impl JobLink {
         });
     }
 
+    /// A discard in write-blocking mode: source only (discarded bytes read
+    /// back as whatever the source says, so the job copies the range), but
+    /// under the cluster lock, so it cannot interleave with a write-blocking
+    /// write to the same clusters: a write that completes after it cannot
+    /// clear the mark it leaves (that write would then have covered the
+    /// range on both sides), and one before it is followed by the mark.
+    pub(crate) fn active_discard(
+        self: &Arc<Self>,
+        src: Arc<dyn BlockDevice>,
+        off: u64,
+        len: u64,
+        done: Done,
+    ) {
+        let (lo, hi) = self.span(off, len);
+        let link = self.clone();
+        self.locks.acquire(lo, hi, true, move |guard| {
+            src.discard(
+                off,
+                len,
+                Box::new(move |r| {
+                    // Even a failed discard may have dropped part of the range.
+                    link.mark(off, len);
+                    drop(guard);
+                    done(r)
+                }),
+            );
+        });
+    }
+
     /// A write-blocking write-zeroes: both sides, like [`Self::active_write`].
     pub(crate) fn active_zeroes(
         self: &Arc<Self>,

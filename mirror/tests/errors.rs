@@ -269,3 +269,30 @@ fn write_blocking_target_errors_follow_the_policy() {
     ev.wait("BLOCK_JOB_COMPLETED", T);
     assert_files_equal(&f.s.src_path, &f.s.dst_path);
 }
+
+/// A discard must not slip in between the halves of a write-blocking write
+/// to the same cluster: with the target slow, the write is on the source
+/// and still waiting for the target when the discard lands on the source.
+/// The discard marks the cluster; the write, completing after, clears the
+/// clusters it covered. Unordered, that clear would hide the discard and
+/// the target would keep the write's bytes where the source has zeroes.
+/// The discard therefore takes the cluster lock in write-blocking mode.
+#[test]
+fn write_blocking_discard_waits_for_a_write_to_the_same_cluster() {
+    use ringmirror_engine::BlockDeviceExt;
+    let f = faulty("e-discard", 4 << 20);
+    let mut o = MirrorOptions::new("job0");
+    o.copy_mode = ringmirror_mirror::CopyMode::WriteBlocking;
+    let (job, mut ev) = start_on(&f, o);
+    ev.wait("BLOCK_JOB_READY", T);
+    f.dst.set_latency(Duration::from_millis(300));
+    let disk = f.disk.clone();
+    let writer = std::thread::spawn(move || disk.write_at(1 << 20, &[0x5a; 8192], false));
+    std::thread::sleep(Duration::from_millis(100));
+    f.disk.discard_sync(1 << 20, 8192).unwrap();
+    writer.join().unwrap().unwrap();
+    f.dst.set_latency(Duration::ZERO);
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert_files_equal(&f.s.src_path, &f.s.dst_path);
+}
