@@ -96,12 +96,20 @@ impl Arenas {
         v
     }
 
-    /// A chunk of the smallest class that fits `len`, if one is free.
+    /// A chunk of the smallest class that fits `len`, if one is free; else
+    /// of a larger class, but only one at most four times `len`, so that
+    /// small requests cannot use up the chunks that large ones need (a
+    /// mirror's 4 MiB copies would then get a fresh mapping each).
     pub(crate) fn try_alloc(&self, len: usize) -> Option<DmaBuf> {
+        let mut smallest_fit = true;
         for a in &self.classes {
             if a.chunk_size < len {
                 continue;
             }
+            if !smallest_fit && a.chunk_size > len.saturating_mul(4) {
+                break;
+            }
+            smallest_fit = false;
             if let Some(chunk) = a.free.lock().pop() {
                 return Some(DmaBuf::from_arena(a.clone(), chunk, len));
             }
@@ -118,4 +126,32 @@ impl Arenas {
 /// Registered index of `chunk` in `arena`.
 pub(crate) fn registered_index(arena: &ArenaInner, chunk: u32) -> u32 {
     arena.base_index + chunk
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes() -> Arenas {
+        let c = |chunk_size, count| ArenaClass { chunk_size, count };
+        Arenas::new(0, &[c(64 << 10, 2), c(256 << 10, 1), c(4 << 20, 1)])
+    }
+
+    #[test]
+    fn smallest_fit_first_then_at_most_four_times_larger() {
+        let a = classes();
+        let small: Vec<_> = (0..2).map(|_| a.try_alloc(4096).unwrap()).collect();
+        assert!(small.iter().all(|b| b.capacity() == 64 << 10));
+        // The 64 KiB class is used up: a 64 KiB request may take 256 KiB,
+        // a 4 KiB one may not (nor the 4 MiB chunk).
+        assert!(a.try_alloc(4096).is_none());
+        let spill = a.try_alloc(64 << 10).unwrap();
+        assert_eq!(spill.capacity(), 256 << 10);
+        assert!(a.try_alloc(64 << 10).is_none(), "4 MiB is 64x the request");
+        // The smallest fitting class is always allowed, whatever the waste.
+        let big = a.try_alloc(1 << 20).unwrap();
+        assert_eq!(big.capacity(), 4 << 20);
+        drop((small, spill, big));
+        assert_eq!(a.try_alloc(1).unwrap().capacity(), 64 << 10);
+    }
 }

@@ -208,8 +208,8 @@ const MAX_REQUEST_BYTES: u64 = 4 << 20;
 /// QEMU uses buf-size/16), at most `MAX_REQUEST_BYTES`, at least a cluster.
 /// Each request costs the same few wake-ups whatever its size: 4 MiB
 /// requests took 0.23-0.31 CPU-s per 4 GiB mirrored against 0.43-0.63 for
-/// 1 MiB ones, in the same time (4.4-4.5 s against 4.7-5.8 s, with no guest
-/// I/O). A paced copy (guest active) uses `PACED_REQUEST_BYTES` instead.
+/// 1 MiB ones, in about the same time (4.3-5.4 s against 4.7-5.8 s, with no
+/// guest I/O). A paced copy (guest active) uses `PACED_REQUEST_BYTES` instead.
 fn chunk_bytes(buf_size: u64, granularity: u64) -> u64 {
     (buf_size / 4).min(MAX_REQUEST_BYTES).max(granularity)
 }

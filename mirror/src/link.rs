@@ -20,7 +20,8 @@
 //! otherwise the dirty partial clusters at its ends are left out, as QEMU's
 //! `do_sync_target_write` does (QEMU writes wholly covered dirty clusters
 //! through as well). A successful write-blocking guest write never makes a
-//! cluster dirty, so the job still converges whatever the guest does. Early in a
+//! cluster dirty (only discards and failures do), so the guest's writes do
+//! not add to what the job has to copy. Early in a
 //! full sync, when nearly all is dirty, the guest pays about what it pays in
 //! background mode. From READY on, every write-blocking request goes to
 //! both sides whole before it completes.
@@ -174,16 +175,16 @@ impl JobLink {
         let _ = self.notify.send(Msg::ActiveTargetError(e));
     }
 
-    /// Settle a finished write-blocking request: clear what is now in
-    /// sync, or re-mark what is not.
-    fn settle(&self, off: u64, len: u64, src: &IoResult<()>, tgt: IoResult<()>) {
-        match (src, tgt) {
-            (Ok(()), Ok(())) => {
+    /// Settle the target part `[off, off+len)` of a write-blocking request
+    /// whose source write succeeded: clear what is now in sync, or re-mark
+    /// what is not.
+    fn settle(&self, off: u64, len: u64, tgt: IoResult<()>) {
+        match tgt {
+            Ok(()) => {
                 self.clear_covered(off, len);
                 self.active_synced.fetch_add(len, Ordering::Relaxed);
             }
-            (Ok(()), Err(e)) => self.target_failed(off, len, e),
-            (Err(_), _) => self.mark(off, len),
+            Err(e) => self.target_failed(off, len, e),
         }
     }
 
@@ -228,7 +229,7 @@ impl JobLink {
                 if s.is_err() {
                     l2.mark(off, len);
                 } else {
-                    l2.settle(toff, tlen, &s, t);
+                    l2.settle(toff, tlen, t);
                 }
                 drop(guard);
                 done(b.unwrap_or_else(|| DmaBuf::new(0, 1)), s);
@@ -302,7 +303,7 @@ impl JobLink {
                 if s.is_err() {
                     l2.mark(off, len);
                 } else {
-                    l2.settle(toff, tlen, &s, t);
+                    l2.settle(toff, tlen, t);
                 }
                 drop(guard);
                 done(s);

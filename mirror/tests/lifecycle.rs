@@ -419,6 +419,33 @@ fn write_blocking_leaves_dirty_clusters_to_the_copy_before_ready() {
         zero(&t[through..]),
         "the dirty partial tail reached the target"
     );
+    // A dirty head (a cluster a discard has made dirty again) and a clean
+    // tail: the tail only. The same for write-zeroes.
+    for (i, zeroes) in [(0u64, false), (1, true)] {
+        let x = (32 << 10) + i * (16 << 10);
+        let old = s.target.read_at(x, 8192).unwrap();
+        s.disk.discard_sync(x, 4096).unwrap();
+        let data = random_bytes(44 + i, 6096);
+        if zeroes {
+            s.disk.write_zeroes_sync(x + 1000, 6096, false).unwrap();
+        } else {
+            s.disk.write_at(x + 1000, &data, false).unwrap();
+        }
+        let t = s.target.read_at(x, 8192).unwrap();
+        assert!(
+            t[1000..4096] == old[1000..4096],
+            "dirty head {i} reached the target"
+        );
+        let tail = if zeroes {
+            vec![0u8; 3000]
+        } else {
+            data[3096..].to_vec()
+        };
+        assert!(
+            t[4096..7096] == tail[..],
+            "clean tail {i} is not on the target"
+        );
+    }
     // Wholly in dirty clusters, partly and wholly covered: source only.
     let inside = random_bytes(40, 1024);
     s.disk
@@ -439,11 +466,15 @@ fn write_blocking_leaves_dirty_clusters_to_the_copy_before_ready() {
     job.resume().unwrap();
     ev.wait("BLOCK_JOB_READY", T);
     // From READY on, all of a write goes to both sides, even over a cluster
-    // a discard has just made dirty.
+    // a discard has just made dirty (the job paused, so that no copy of that
+    // cluster can come first).
+    job.pause().unwrap();
+    ev.wait_status(Standby, T);
     s.disk.discard_sync(5 * MIB, 4096).unwrap();
     let after = random_bytes(43, 4096);
     s.disk.write_at(5 * MIB, &after, false).unwrap();
     assert!(s.target.read_at(5 * MIB, 4096).unwrap()[..] == after[..]);
+    job.resume().unwrap();
     job.complete().unwrap();
     ev.wait("BLOCK_JOB_COMPLETED", T);
     assert_files_equal(&s.src_path, &s.dst_path);

@@ -240,9 +240,10 @@ async def sc_compare_cancel_pending(ctx):
     """Cancel while pending (auto-finalize false): any cancel, soft or
     force, aborts the job (QEMU's mirror treats a soft cancel as force
     once the job is no longer READY): BLOCK_JOB_CANCELLED, no switch, the
-    export still on the source. First after block-job-complete (soft
-    block-job-cancel), then after a soft cancel in READY (job-cancel).
-    Same transcript on both daemons."""
+    export still on the source. After block-job-complete (a soft
+    block-job-cancel), and after a soft cancel in READY (job-cancel, which
+    always forces; then again with a soft block-job-cancel). Same transcript
+    on both daemons."""
     async def script(s):
         d = s.d
         await d.ret("blockdev-mirror", mirror_args(**{"auto-finalize": False}))
@@ -263,6 +264,14 @@ async def sc_compare_cancel_pending(ctx):
         await d.wait_status("job1", "null")
         await s.query("query-jobs")
         await s.query("query-block-exports")
+        # And a soft block-job-cancel of a job soft-cancelled in READY.
+        await d.ret("blockdev-mirror", mirror_args(job="job2", **{"auto-finalize": False}))
+        await d.wait_event("BLOCK_JOB_READY", lambda e: e["device"] == "job2")
+        await d.ret("block-job-cancel", {"device": "job2"})
+        await d.wait_event("BLOCK_JOB_PENDING", lambda e: e["id"] == "job2")
+        await d.ret("block-job-cancel", {"device": "job2"})
+        await d.wait_status("job2", "null")
+        await s.query("query-jobs")
         await d.quit()
 
     rm, qsd = await both(ctx, script)
