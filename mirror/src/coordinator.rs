@@ -1106,7 +1106,8 @@ impl Coordinator {
                         mode.as_str()
                     )));
                 }
-                self.link.write_blocking.store(true, Ordering::Release);
+                // SeqCst: see JobLink::background_writes.
+                self.link.write_blocking.store(true, Ordering::SeqCst);
                 Ok(())
             }
             Cmd::Cancel { force } => {

@@ -285,7 +285,7 @@ impl BlockDevice for Disk {
         };
         let dev = t.0.current();
         match t.0.link.load_full() {
-            Some(link) if link.is_write_blocking() => link.active_write(
+            Some(link) if link.begin_request() => link.active_write(
                 dev,
                 offset,
                 buf,
@@ -301,7 +301,7 @@ impl BlockDevice for Disk {
                 fua,
                 Box::new(move |b, r| {
                     if let Some(l) = link {
-                        l.mark(offset, len);
+                        l.end_background(offset, len);
                     }
                     drop(t);
                     done(b, r)
@@ -333,7 +333,7 @@ impl BlockDevice for Disk {
         };
         let dev = t.0.current();
         match t.0.link.load_full() {
-            Some(link) if link.is_write_blocking() => link.active_zeroes(
+            Some(link) if link.begin_request() => link.active_zeroes(
                 dev,
                 offset,
                 len,
@@ -349,7 +349,7 @@ impl BlockDevice for Disk {
                 unmap,
                 Box::new(move |r| {
                     if let Some(l) = link {
-                        l.mark(offset, len);
+                        l.end_background(offset, len);
                     }
                     drop(t);
                     done(r)
@@ -372,7 +372,7 @@ impl BlockDevice for Disk {
         // Discarded bytes read back as whatever the source says: the job
         // copies them like any other write, in both modes.
         match t.0.link.load_full() {
-            Some(link) if link.is_write_blocking() => link.active_discard(
+            Some(link) if link.begin_request() => link.active_discard(
                 dev,
                 offset,
                 len,
@@ -386,7 +386,7 @@ impl BlockDevice for Disk {
                 len,
                 Box::new(move |r| {
                     if let Some(l) = link {
-                        l.mark(offset, len);
+                        l.end_background(offset, len);
                     }
                     drop(t);
                     done(r)

@@ -213,6 +213,7 @@ impl MirrorJob {
             target: target.clone(),
             locks: Arc::new(RangeLock::default()),
             write_blocking: AtomicBool::new(opts.copy_mode == CopyMode::WriteBlocking),
+            background_writes: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             guest_dirtied: AtomicU64::new(0),
             active_synced: active_synced.clone(),

@@ -44,6 +44,16 @@ pub(crate) struct JobLink {
     pub(crate) target: Arc<dyn BlockDevice>,
     pub(crate) locks: Arc<RangeLock>,
     pub(crate) write_blocking: AtomicBool,
+    /// Guest writes, zeroes and discards running in background mode (they
+    /// mark their range when they complete, without the cluster lock).
+    /// Counted *before* the request reads the mode (`begin_request`), so a
+    /// write-blocking request that finds none here knows that any request
+    /// still to run in background mode started after the switch was visible
+    /// — which none does — and any that ran before has landed. A
+    /// write-blocking request that finds some may be overtaken on the source
+    /// by one of them, whose mark its own clear would wipe: it clears
+    /// nothing (its clusters are copied again, which is merely work).
+    pub(crate) background_writes: AtomicU64,
     /// Set when the job first reaches READY: from then on a write-blocking
     /// request writes all of itself to both sides, whatever the bitmap says
     /// (a discard, an error or a write from before a mode switch may have
@@ -122,6 +132,31 @@ impl JobLink {
         self.write_blocking.load(Ordering::Acquire)
     }
 
+    /// The mode of one guest request that changes the disk: true for
+    /// write-blocking; false for background, and then the request counts in
+    /// `background_writes` until `end_background`. SeqCst: pairs with the
+    /// SeqCst store of the mode switch and the load in `active_write`.
+    pub(crate) fn begin_request(&self) -> bool {
+        self.background_writes.fetch_add(1, Ordering::SeqCst);
+        if self.write_blocking.load(Ordering::SeqCst) {
+            self.background_writes.fetch_sub(1, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    /// A background request completed: mark its range, then uncount it.
+    pub(crate) fn end_background(&self, off: u64, len: u64) {
+        self.mark(off, len);
+        self.background_writes.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether a write-blocking request starting now may clear the clusters
+    /// it covers once both sides have its bytes (see `background_writes`).
+    fn may_clear(&self) -> bool {
+        self.background_writes.load(Ordering::SeqCst) == 0
+    }
+
     fn span(&self, off: u64, len: u64) -> (u64, u64) {
         let g = self.bitmap.granularity();
         (align_down(off, g), align_down(off + len + g - 1, g))
@@ -178,10 +213,12 @@ impl JobLink {
     /// Settle the target part `[off, off+len)` of a write-blocking request
     /// whose source write succeeded: clear what is now in sync, or re-mark
     /// what is not.
-    fn settle(&self, off: u64, len: u64, tgt: IoResult<()>) {
+    fn settle(&self, off: u64, len: u64, tgt: IoResult<()>, may_clear: bool) {
         match tgt {
             Ok(()) => {
-                self.clear_covered(off, len);
+                if may_clear {
+                    self.clear_covered(off, len);
+                }
                 self.active_synced.fetch_add(len, Ordering::Relaxed);
             }
             Err(e) => self.target_failed(off, len, e),
@@ -203,6 +240,7 @@ impl JobLink {
         let link = self.clone();
         self.locks.acquire(lo, hi, true, move |guard| {
             let len = buf.len() as u64;
+            let may_clear = link.may_clear();
             let Some((toff, tlen)) = link.target_part(off, len) else {
                 // All of it lies in dirty clusters: source only; they stay
                 // dirty and are copied after the lock is released.
@@ -229,7 +267,7 @@ impl JobLink {
                 if s.is_err() {
                     l2.mark(off, len);
                 } else {
-                    l2.settle(toff, tlen, t);
+                    l2.settle(toff, tlen, t, may_clear);
                 }
                 drop(guard);
                 done(b.unwrap_or_else(|| DmaBuf::new(0, 1)), s);
@@ -282,6 +320,7 @@ impl JobLink {
         let (lo, hi) = self.span(off, len);
         let link = self.clone();
         self.locks.acquire(lo, hi, true, move |guard| {
+            let may_clear = link.may_clear();
             let Some((toff, tlen)) = link.target_part(off, len) else {
                 let l2 = link.clone();
                 return src.write_zeroes(
@@ -303,7 +342,7 @@ impl JobLink {
                 if s.is_err() {
                     l2.mark(off, len);
                 } else {
-                    l2.settle(toff, tlen, t);
+                    l2.settle(toff, tlen, t, may_clear);
                 }
                 drop(guard);
                 done(s);

@@ -296,3 +296,37 @@ fn write_blocking_discard_waits_for_a_write_to_the_same_cluster() {
     ev.wait("BLOCK_JOB_COMPLETED", T);
     assert_files_equal(&f.s.src_path, &f.s.dst_path);
 }
+
+/// A background write still in flight when the job switches to
+/// write-blocking may land on the source after a write-blocking write to
+/// the same cluster and mark it before that write completes: the latter
+/// must then not clear the cluster (the target would keep its bytes where
+/// the source has the background write's). Here the background write is
+/// held 200 ms before it reaches the source and the write-blocking write's
+/// target half completes 400 ms late.
+#[test]
+fn background_write_in_flight_across_the_switch_is_not_lost() {
+    use ringmirror_engine::BlockDeviceExt;
+    let f = faulty("e-switch", 4 << 20);
+    let (job, mut ev) = start_on(&f, MirrorOptions::new("job0"));
+    ev.wait("BLOCK_JOB_READY", T);
+    f.src.set_write_delay(Duration::from_millis(200));
+    let disk = f.disk.clone();
+    let background = std::thread::spawn(move || disk.write_at(1 << 20, &[0xb0; 8192], false));
+    std::thread::sleep(Duration::from_millis(30));
+    f.src.set_write_delay(Duration::ZERO);
+    job.change_copy_mode(ringmirror_mirror::CopyMode::WriteBlocking)
+        .unwrap();
+    f.dst.set_latency(Duration::from_millis(400));
+    f.disk.write_at(1 << 20, &[0x77; 8192], false).unwrap();
+    background.join().unwrap().unwrap();
+    f.dst.set_latency(Duration::ZERO);
+    assert_eq!(
+        f.disk.read_at(1 << 20, 1).unwrap()[0],
+        0xb0,
+        "the background write landed last"
+    );
+    job.complete().unwrap();
+    ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert_files_equal(&f.s.src_path, &f.s.dst_path);
+}

@@ -71,6 +71,8 @@ pub struct FaultDevice {
     info: DeviceInfo,
     rules: Mutex<(Vec<Rule>, rand::rngs::StdRng)>,
     latency: Mutex<Duration>,
+    /// Writes reach the inner device only this long after they are made.
+    write_delay: Mutex<Duration>,
     timer: Arc<Timer>,
     injected: std::sync::atomic::AtomicU64,
 }
@@ -110,6 +112,7 @@ impl FaultDevice {
             info,
             rules: Mutex::new((Vec::new(), rand::rngs::StdRng::seed_from_u64(seed))),
             latency: Mutex::new(Duration::ZERO),
+            write_delay: Mutex::new(Duration::ZERO),
             timer,
             injected: std::sync::atomic::AtomicU64::new(0),
         })
@@ -136,6 +139,13 @@ impl FaultDevice {
     /// Delay every completion by `d`.
     pub fn set_latency(&self, d: Duration) {
         *self.latency.lock() = d;
+    }
+
+    /// Hold every write made from now on for `d` before it reaches the
+    /// inner device, so that it lands after writes made later (completion
+    /// latency, `set_latency`, comes on top).
+    pub fn set_write_delay(&self, d: Duration) {
+        *self.write_delay.lock() = d;
     }
 
     /// Faults injected so far.
@@ -203,12 +213,25 @@ impl BlockDevice for FaultDevice {
             return self.later(Box::new(move || done(buf, Err(err))));
         }
         let me = self.self_timer();
-        self.inner.write(
-            offset,
-            buf,
-            fua,
-            Box::new(move |b, r| me.run(Box::new(move || done(b, r)))),
-        );
+        let inner = self.inner.clone();
+        let submit = move || {
+            inner.write(
+                offset,
+                buf,
+                fua,
+                Box::new(move |b, r| me.run(Box::new(move || done(b, r)))),
+            )
+        };
+        let delay = *self.write_delay.lock();
+        if delay.is_zero() {
+            submit();
+        } else {
+            Later {
+                latency: delay,
+                timer: self.timer.clone(),
+            }
+            .run(Box::new(submit));
+        }
     }
     fn flush(&self, done: Done) {
         if let Some(e) = self.should_fail(FaultOp::Flush, 0, 0) {
