@@ -137,6 +137,10 @@ impl JobLink {
     /// `background_writes` until `end_background`. SeqCst: pairs with the
     /// SeqCst store of the mode switch and the load in `active_write`.
     pub(crate) fn begin_request(&self) -> bool {
+        // Once write-blocking, always: no count needed (nor contention).
+        if self.write_blocking.load(Ordering::SeqCst) {
+            return true;
+        }
         self.background_writes.fetch_add(1, Ordering::SeqCst);
         if self.write_blocking.load(Ordering::SeqCst) {
             self.background_writes.fetch_sub(1, Ordering::SeqCst);
