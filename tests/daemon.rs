@@ -158,6 +158,7 @@ scenarios! {
     wrong_verbs,
     bad_input,
     multi_monitor,
+    full_target,
     // sc_nbd.py: real NBD software on both sides of the daemon
     nbd_target,
     nbd_tools,

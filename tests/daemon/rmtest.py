@@ -474,11 +474,68 @@ class Daemon:
         return "\n".join(lines)
 
 
+class SmallFs:
+    """A small ext4 filesystem (no blocks reserved for root) on a loop
+    device, for a real ENOSPC. Needs root and loop devices, and says so
+    loudly when it cannot mount. Unmounted by Ctx.cleanup() after the
+    daemons are gone (they hold files open on it)."""
+
+    def __init__(self, ctx, name, mib):
+        self.img = ctx.scratch / f"{name}.img"
+        self.mnt = ctx.scratch / name
+        self.mib = mib
+        self.mounted = False
+        ctx.cleanups.append(self.unmount)
+
+    async def mount(self):
+        make_blank(self.img, self.mib * MiB)
+        await run_ok("mkfs.ext4", "-q", "-F", "-m", "0", str(self.img))
+        self.mnt.mkdir(exist_ok=True)
+        rc, out, err = await run("mount", "-o", "loop", str(self.img), str(self.mnt))
+        check(rc == 0, "mounting a loop filesystem failed (this scenario needs root and loop "
+                       f"devices): rc {rc}: {out}{err}")
+        self.mounted = True
+        return self
+
+    def free(self):
+        st = os.statvfs(self.mnt)
+        return st.f_bfree * st.f_frsize
+
+    def fill(self, leave, name="filler"):
+        """Allocate a file that leaves about `leave` bytes free."""
+        path = self.mnt / name
+        n = self.free() - leave
+        check(n > 0, f"{self.mnt}: only {self.free()} bytes free, cannot leave {leave}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, n)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
+
+    def unmount(self):
+        if self.mounted:
+            r = subprocess.run(["umount", str(self.mnt)], capture_output=True)
+            if r.returncode != 0:  # still busy: detach it lazily
+                subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True)
+            self.mounted = False
+
+
 class Ctx:
     def __init__(self, binary, scratch):
         self.binary = Path(binary).resolve()
         self.scratch = Path(scratch).resolve()
         self.daemons = []
+        # Run by run.py after the daemons are killed, last registered first.
+        self.cleanups = []
+
+    def cleanup(self):
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as e:  # report, and go on cleaning
+                log(f"cleanup {fn}: {e}")
 
     def daemon(self, name="rm", kind="ringmirror"):
         return Daemon(self, name, kind)

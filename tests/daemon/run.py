@@ -57,6 +57,7 @@ async def main(name, ctx, timeout):
                 print(d.transcript(), flush=True)
             await d.kill()
         rmtest.kill_children()
+        ctx.cleanup()
     if ok:
         print(f"PASS {name} ({time.monotonic() - t0:.1f} s)", flush=True)
     return 0 if ok else 1
@@ -78,17 +79,18 @@ if __name__ == "__main__":
     if not a.binary or not a.scratch:
         ap.error("--binary and --scratch are required")
     Path(a.scratch).mkdir(parents=True, exist_ok=True)
+    ctx = rmtest.Ctx(a.binary, a.scratch)
 
     def on_signal(signum, _frame):
         # tests/daemon.rs sends SIGTERM when a scenario hangs: take the
-        # daemons and tools down with us.
+        # daemons and tools down with us (and unmount what they held).
         rmtest.kill_children()
+        ctx.cleanup()
         print(f"FAIL {a.scenario}: killed by signal {signum}", flush=True)
         os._exit(1)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    ctx = rmtest.Ctx(a.binary, a.scratch)
     try:
         rc = asyncio.run(main(a.scenario, ctx, a.timeout))
     finally:

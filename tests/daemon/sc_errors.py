@@ -1,13 +1,13 @@
 """Refusals with QEMU's exact wording (error class and desc, from
 docs/qemu-reference.md), hostile monitor input, several monitor
-connections."""
+connections, a mirror target on a filesystem that really fills up."""
 
 import asyncio
 import json
 import time
 
-from rmtest import (MiB, KiB, Failure, RawConn, assert_same_file, check, eq, file_node,
-                    make_blank, make_source, mirror_args, read_range)
+from rmtest import (MiB, KiB, Failure, RawConn, SmallFs, assert_same_file, check, eq,
+                    file_node, log, make_blank, make_source, mirror_args, read_range)
 from sc_jobs import COMPLETE_TAIL, START, start_mirror
 
 SIZE = 16 * MiB
@@ -443,8 +443,123 @@ async def sc_multi_monitor(ctx):
     check(with_eof, "second client's connection closed after quit")
 
 
+async def full_target_run(ctx, kind):
+    """The ENOSPC sequence against one daemon; returns what must agree with
+    qemu-storage-daemon. The target is a sparse image on a 64 MiB ext4
+    filesystem filled up to 6 MiB free, the source 24 MiB of data in 32."""
+    name = "rm" if kind == "ringmirror" else "qsd"
+    fs = await SmallFs(ctx, f"fs-{name}", 64).mount()
+    d = await ctx.daemon(name, kind).start()
+    src = make_source(d.p("src.raw"), 32 * MiB, seed=77)
+    with open(src, "rb") as f:
+        src_before = f.read()
+    await d.ret("blockdev-add", file_node("src", src))
+    await d.ret("nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(d.nbd_sock)}}})
+    await d.ret("block-export-add", {"type": "nbd", "id": "exp0", "node-name": "src",
+                                     "name": "src", "writable": True})
+    out = {}
+
+    # 1. on-target-error=report (the default): the job fails with the error,
+    # the source is untouched, the daemon goes on serving.
+    tgt1 = make_blank(fs.mnt / "tgt1.raw", 32 * MiB)
+    filler = fs.fill(6 * MiB)
+    await d.ret("blockdev-add", file_node("tgt1", tgt1))
+    since = d.mark()
+    await d.ret("blockdev-mirror", mirror_args("job1", target="tgt1"))
+    done = await d.wait_event("BLOCK_JOB_COMPLETED")
+    await d.wait_status("job1", "null")
+    out["report: events"] = dedup(d.seq("job1", since))
+    out["report: error events"] = sorted({json.dumps(e, sort_keys=True) for n, e in
+                                          d.events(since, ["BLOCK_JOB_ERROR"])})
+    out["report: COMPLETED error"] = done.get("error")
+    check(done["offset"] < done["len"], f"report: COMPLETED claims all was copied: {done}")
+    with open(src, "rb") as f:
+        check(f.read() == src_before, "report: the source changed")
+    await d.qemu_io("read -P 0xa5 28M 4M")
+    await d.ret("blockdev-del", {"node-name": "tgt1"})
+    tgt1.unlink()
+
+    # 2. on-target-error=enospc: the job stops (paused, io-status nospace),
+    # keeps what it copied, the guest writes on; once space is freed,
+    # resume finishes the copy and complete switches: nothing lost.
+    tgt = make_blank(fs.mnt / "tgt.raw", 32 * MiB)
+    filler.unlink()
+    filler = fs.fill(6 * MiB)
+    await d.ret("blockdev-add", file_node("tgt", tgt))
+    since = d.mark()
+    await d.ret("blockdev-mirror", mirror_args(**{"on-target-error": "enospc"}))
+    await d.wait_event("BLOCK_JOB_ERROR")
+    await d.wait_status("job0", "paused")
+    await asyncio.sleep(0.5)  # errors of copies still in flight come in
+    j = await d.query_job()
+    out["stopped: query"] = {k: j[k] for k in ("status", "paused", "ready", "io-status", "busy")}
+    check(0 < j["offset"] < j["len"], f"stopped: progress {j['offset']} of {j['len']}")
+    await d.qemu_io("write -P 0x5e 1M 64k")  # the guest goes on while the job is stopped
+    await d.qemu_io("write -P 0x5f 30M 64k")
+    await asyncio.sleep(0.3)
+    j2 = await d.query_job()
+    eq(j2["offset"], j["offset"], "stopped: progress frozen")
+    filler.unlink()
+    await d.ret("block-job-resume", {"device": "job0"})
+    await d.wait_event("BLOCK_JOB_READY")
+    j = await d.query_job()
+    out["resumed: query"] = {k: j[k] for k in ("status", "paused", "ready", "io-status")}
+    await d.ret("block-job-complete", {"device": "job0"})
+    done = await d.wait_event("BLOCK_JOB_COMPLETED")
+    await d.wait_status("job0", "null")
+    out["enospc: events"] = dedup(d.seq("job0", since))
+    out["enospc: error events"] = sorted({json.dumps(e, sort_keys=True) for n, e in
+                                          d.events(since, ["BLOCK_JOB_ERROR"])})
+    out["enospc: COMPLETED error"] = done.get("error")
+    assert_same_file(src, tgt, f"{kind}: source and target after ENOSPC, resume and complete")
+    eq(read_range(tgt, 1 * MiB, 64 * KiB), b"\x5e" * (64 * KiB), "guest write while stopped")
+    eq(read_range(tgt, 30 * MiB, 64 * KiB), b"\x5f" * (64 * KiB), "guest write while stopped")
+    await d.quit()
+    return out
+
+
+def dedup(seq):
+    """Runs of the same token collapsed: one BLOCK_JOB_ERROR comes per failed
+    request, and how many requests were in flight is not the point."""
+    return [t for i, t in enumerate(seq) if i == 0 or seq[i - 1] != t]
+
+
+async def sc_full_target(ctx):
+    """A mirror whose target filesystem really fills up (a loop-mounted
+    ext4, not an injected fault): report fails the job with "No space left on
+    device" and leaves the source as it was; enospc stops the job with
+    io-status nospace, the guest keeps writing through the export, and after
+    space is freed resume and complete give a target identical to the source
+    with every guest write. The same steps against qemu-storage-daemon must
+    give the same events (runs of BLOCK_JOB_ERROR collapsed), states and
+    errors."""
+    ours = await full_target_run(ctx, "ringmirror")
+    want = {
+        "report: events": ["created", "running", "ERROR", "aborting", "COMPLETED", "concluded",
+                           "null"],
+        "report: error events": [json.dumps({"action": "report", "device": "job1",
+                                             "operation": "write"}, sort_keys=True)],
+        "report: COMPLETED error": "No space left on device",
+        "stopped: query": {"status": "paused", "paused": True, "ready": False,
+                           "io-status": "nospace", "busy": False},
+        "resumed: query": {"status": "ready", "paused": False, "ready": True, "io-status": "ok"},
+        "enospc: events": ["created", "running", "ERROR", "paused", "running", "ready", "READY",
+                           "waiting", "pending", "COMPLETED", "concluded", "null"],
+        "enospc: error events": [json.dumps({"action": "stop", "device": "job0",
+                                             "operation": "write"}, sort_keys=True)],
+        "enospc: COMPLETED error": None,
+    }
+    for k, v in want.items():
+        eq(ours[k], v, f"ringmirror: {k}")
+    theirs = await full_target_run(ctx, "qsd")
+    for k in want:
+        eq(ours[k], theirs[k], f"ringmirror vs qemu-storage-daemon: {k}")
+    log("full target: ringmirror and qemu-storage-daemon agree:", json.dumps(ours))
+
+
 SCENARIOS = {
     "wrong_verbs": sc_wrong_verbs,
     "bad_input": sc_bad_input,
     "multi_monitor": sc_multi_monitor,
+    "full_target": sc_full_target,
 }
