@@ -7,5 +7,5 @@
 # Scratch: $RINGMIRROR_BENCH_DIR (default /var/tmp/ringmirror-bench, >= 20 GB free).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c 'import numpy, matplotlib' 2>/dev/null || python3 -m pip install -q numpy matplotlib
+python3 -c 'import numpy, matplotlib' 2>/dev/null || PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q numpy matplotlib
 exec python3 bench/copy_vs_peers.py "$@"

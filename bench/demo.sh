@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-python3 -c 'import numpy' 2>/dev/null || python3 -m pip install -q numpy
+python3 -c 'import numpy' 2>/dev/null || PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q numpy
 echo "demo: cargo build --release"
 cargo build --release --quiet
 export RINGMIRROR_BIN="$PWD/target/release/ringmirror"

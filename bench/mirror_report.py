@@ -114,9 +114,11 @@ def sections(out):
         L.append("")
         L.append(f"Load {out['load_secs']:g} s (baseline {out['baseline_secs']:g} s); mirror at 5 s; "
                  "complete 10 s after READY while the load runs; load stops at max(load, completed + 5 s). "
-                 "IOPS and latency (ms) come from fio's per-I/O log (all directions); *stall* = the "
-                 "longest gap between two completions from `block-job-complete` to "
-                 "`BLOCK_JOB_COMPLETED` + 0.5 s, and the largest latency of an I/O in flight then.")
+                 "IOPS and latency (ms) come from fio's per-I/O log (all directions). A *gap* is the "
+                 "longest time between two completions; a *stall* the longest time the guest had an "
+                 "I/O in flight and none completed (a gap minus any part of it where fio itself "
+                 "submitted nothing: the server's share). *At complete*: from `block-job-complete` to "
+                 "`BLOCK_JOB_COMPLETED` + 0.5 s, with the largest latency of an I/O in flight then.")
         L.append("")
         rows = []
         summary = {}
@@ -140,7 +142,8 @@ def sections(out):
                     summary[(kind, mode)] = st
                     rows.append([NAMES[kind], label, "-", fmt(st["iops"], 0), "-", "-", "-",
                                  f"{fmt(st['p50'], 2)} / {fmt(st['p99'], 2)} / {fmt(st['p999'], 1)}",
-                                 "-", "-", "-",
+                                 "-", "-",
+                                 f"{fmt(_med(rs, 'mirror_stall_ms'), 0)} / {fmt(_med(rs, 'mirror_gap_ms'), 0)}",
                                  fmt(median([r["cpu_s"] / r["load_s"] * 60 for r in rs if r.get("cpu_s") is not None]), 1),
                                  "-" if not errs else f"**{err_txt}**"])
                     continue
@@ -163,6 +166,7 @@ def sections(out):
                 summary[(kind, mode, "ready")] = _med(conv, "ready_s") if len(conv) == len(rs) else None
                 mr = st["mirror_to_ready"]
                 gap = _med(rs, "complete_gap_ms")
+                cstall = _med(rs, "complete_stall_ms")
                 ml = _med(rs, "complete_maxlat_ms")
                 ver = []
                 for r in rs:
@@ -176,15 +180,15 @@ def sections(out):
                              fmt(st["ready_to_complete"]["iops"], 0), fmt(st["after_complete"]["iops"], 0),
                              f"{fmt(mr['p50'], 2)} / {fmt(mr['p99'], 2)} / {fmt(mr['p999'], 1)}",
                              f"{fmt(st['ready_to_complete']['p99'], 2)} / {fmt(st['after_complete']['p99'], 2)}",
-                             f"{fmt(gap, 0)} / {fmt(ml, 0)}",
-                             fmt(_med(rs, "mirror_gap_ms"), 0),
+                             f"{fmt(cstall, 0)} / {fmt(gap, 0)} / {fmt(ml, 0)}",
+                             f"{fmt(_med(rs, 'mirror_stall_ms'), 0)} / {fmt(_med(rs, 'mirror_gap_ms'), 0)}",
                              fmt(median([r["cpu_s"] / r["load_s"] * 60 for r in rs if r.get("cpu_s") is not None]), 1),
                              vtxt])
         L.append(table(["daemon", "mirror", "mirror→READY s", "IOPS before", "IOPS mirror→READY",
                         "IOPS READY→complete", "IOPS after complete",
                         "p50 / p99 / p99.9 ms mirror→READY (no job: whole run)",
-                        "p99 ms READY→complete / after", "stall at complete: gap / max lat ms",
-                        "longest gap mirror→READY ms", "daemon CPU-s per 60 s", "verified"], rows))
+                        "p99 ms READY→complete / after", "at complete: stall / gap / max lat ms",
+                        "longest stall / gap ms mirror→READY (no job: whole run)", "daemon CPU-s per 60 s", "verified"], rows))
         L.append("")
         # ratios
         lines = []

@@ -40,7 +40,7 @@ from lib.common import (GiB, REPO, allocated_bytes, drop_caches, log, loadavg,  
                         machine_info, make_sparse, rm_f, run, save_json, scratch_dir,
                         timed, wait_quiet)
 from lib.daemons import Daemon  # noqa: E402
-from lib.fio import (GUEST_WORKLOADS, FioRun, max_gap, window_stats,  # noqa: E402
+from lib.fio import (GUEST_WORKLOADS, FioRun, max_gap, max_stall, window_stats,  # noqa: E402
                      written_blocks_after)
 from lib.images import ensure_dense, ensure_sparse10  # noqa: E402
 from lib.tools import ceiling_cmd  # noqa: E402
@@ -48,6 +48,9 @@ from lib.verify import cmp_files, differing_blocks  # noqa: E402
 
 DAEMONS = ["ringmirror", "qsd"]
 MONO2WALL = time.time() - time.monotonic()
+
+
+SETTLE_S = 5
 
 
 def wall(t):
@@ -94,6 +97,10 @@ def run_noio(kind, src, d, size, img):
     tgt = d / "mirror-tgt.img"
     make_sparse(tgt, size)
     drop_caches()
+    # The previous run may have left the host's disk busy with its writes
+    # (the runs alternate, so each baseline follows the other daemon's
+    # write-heavy run): let it settle before the guest starts.
+    time.sleep(SETTLE_S)
     dm = Daemon(kind, d / "run", kind)
     r = {"kind": kind, "image": img, "load1": loadavg()[0]}
     try:
@@ -277,6 +284,8 @@ def analyse(r, L):
     w = {}
     if r["mode"] == "none":
         w["whole"] = window_stats(L, t_first + 1, t_end)
+        r["mirror_gap_ms"] = max_gap(L, t_first + 1, t_end)[0] * 1e3
+        r["mirror_stall_ms"] = max_stall(L, t_first + 1, t_end) * 1e3
     else:
         tm = r["t_mirror"]
         tr = r.get("t_ready")
@@ -290,10 +299,12 @@ def analyse(r, L):
                 w["after_complete"] = window_stats(L, ce, t_end)
             gap, maxlat = max_gap(L, cs, min(ce + 0.5, t_end))
             r["complete_gap_ms"] = gap * 1e3
+            r["complete_stall_ms"] = max_stall(L, cs, min(ce + 0.5, t_end)) * 1e3
             r["complete_maxlat_ms"] = maxlat * 1e3 if maxlat is not None else None
         w["whole_load"] = window_stats(L, t_first + 1, t_end)
         gap, _ = max_gap(L, tm, tr if tr else t_end)
         r["mirror_gap_ms"] = gap * 1e3
+        r["mirror_stall_ms"] = max_stall(L, tm, tr if tr else t_end) * 1e3
     r["windows"] = w
 
 

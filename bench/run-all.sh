@@ -43,7 +43,7 @@ if [ "$avail" -lt 20000000000 ]; then
 fi
 
 ./scripts/install-deps.sh
-python3 -c 'import numpy, matplotlib' 2>/dev/null || python3 -m pip install -q numpy matplotlib
+python3 -c 'import numpy, matplotlib' 2>/dev/null || PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q numpy matplotlib
 if [ $worktree = 1 ]; then
   echo "run-all: cargo build --release (work tree)"
   cargo build --release --quiet

@@ -25,7 +25,7 @@ fi
 
 if ! python3 -c 'import qemu.qmp' >/dev/null 2>&1; then
   echo "install-deps: pip install qemu.qmp"
-  python3 -m pip install -q qemu.qmp
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q qemu.qmp
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then

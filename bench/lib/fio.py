@@ -132,6 +132,26 @@ def max_gap(log_, t0, t1):
     return gap, maxlat
 
 
+def max_stall(log_, t0, t1):
+    """Longest time (s) within [t0, t1] during which the guest had an I/O in
+    flight and none completed: what the server made it wait. Unlike
+    max_gap, a pause of the client itself (nothing submitted: fio or the
+    host not scheduling it) does not count. An I/O was issued at t - lat;
+    during the interval before the i-th completion, the I/Os in flight are
+    those completing at or after it, so the stall there is that completion
+    minus the later of the previous completion and their earliest issue."""
+    m = log_["t"] >= t0
+    t = log_["t"][m]
+    issued = t - log_["lat"][m]
+    if len(t) == 0:
+        return 0.0
+    in_flight_since = np.minimum.accumulate(issued[::-1])[::-1]
+    starts = np.concatenate(([t0], t[:-1]))
+    stall = np.minimum(t, t1) - np.maximum(starts, in_flight_since)
+    stall = stall[starts < t1]
+    return float(max(stall.max(), 0.0)) if len(stall) else 0.0
+
+
 def written_blocks_after(log_, t, block=4096):
     """Set (numpy array) of block indices touched by writes that completed at
     or after time t (seconds since the epoch)."""
