@@ -42,7 +42,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--keep", action="store_true", help="keep the scratch images")
     ap.add_argument("--size", type=int, default=1, help="GiB (default 1)")
-    ap.add_argument("--load-secs", type=float, default=15)
+    ap.add_argument("--load-secs", type=float, default=30,
+                    help="length of the guest load (default 30 s: READY and complete fall inside it)")
     ap.add_argument("--rate-iops", type=int, default=4000,
                     help="the guest's write rate (0: as fast as the disk goes; see bench/mirror.sh "
                          "for the saturating load and DESIGN.md on what it means for background mode)")

@@ -4,7 +4,7 @@
 # Installs what is needed (scripts/install-deps.sh, numpy), builds the
 # release binary, makes a 1 GiB image in $RINGMIRROR_BENCH_DIR/demo (default
 # /var/tmp/ringmirror-bench/demo; a real disk, not tmpfs), starts
-# `ringmirror serve`, runs fio (nbd engine) through its NBD export for ~15 s,
+# `ringmirror serve`, runs fio (nbd engine) through its NBD export for ~30 s,
 # mirrors during it, waits for READY, completes, verifies that the target
 # equalled the source at the switch and that every acknowledged guest write
 # landed, and prints a summary. Exits non-zero on any failure. Images are

@@ -45,6 +45,10 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
+def fmt_ms(x):
+    return "n/a" if x is None else f"{x:.1f}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
@@ -107,13 +111,13 @@ def main():
         conv = [x for x in ready if x is not None]
         rtxt = f"{med(conv):.1f}" if conv else "no READY in 60 s"
         if len(conv) < len(ready):
-            rtxt += f" ({len(conv)} of {len(ready)} runs)"
+            rtxt += f" ({len(conv)} of {len(ready)} runs reached READY)"
         i2r = med([r["to_ready"]["iops"] for r in rs])
         lines.append(
             f"| {m} | {rtxt} | {med([r['before']['iops'] for r in rs]):.0f} | {i2r:.0f} | "
             f"{i2r / base_iops:.2f} | {med([r['to_ready']['p50_us'] for r in rs])} / "
             f"{med([r['to_ready']['p99_us'] for r in rs])} | {base_p99} | "
-            f"{med([r.get('complete_max_gap_ms') for r in rs]) or 'n/a'} |")
+            f"{fmt_ms(med([r.get('complete_max_gap_ms') for r in rs]))} |")
     lines += ["", "Raw runs: " + json.dumps({k: len(v) for k, v in res.items()}), ""]
     text = "\n".join(lines)
     print(text)
