@@ -116,8 +116,8 @@ def sections(out):
                  "complete 10 s after READY while the load runs; load stops at max(load, completed + 5 s). "
                  "IOPS and latency (ms) come from fio's per-I/O log (all directions). A *gap* is the "
                  "longest time between two completions; a *stall* the longest time the guest had an "
-                 "I/O in flight and none completed (a gap minus any part of it where fio itself "
-                 "submitted nothing: the server's share). *At complete*: from `block-job-complete` to "
+                 "I/O outstanding (from fio's submission to its reaping) and none completed: a gap "
+                 "minus any part of it where nothing was outstanding. *At complete*: from `block-job-complete` to "
                  "`BLOCK_JOB_COMPLETED` + 0.5 s, with the largest latency of an I/O in flight then.")
         L.append("")
         rows = []

@@ -5,8 +5,8 @@
 
 Runs `fio-configs/randwrite-4k-qd16.fio` for 25 s through each daemon's NBD
 export (no mirror), alternating, and prints each run's IOPS and its three
-longest stalls (an I/O in flight and none completing; `lib/fio.py`
-`max_stall`) with when they happened and the latency of the I/O that ended
+longest stalls (an I/O outstanding and none completing; `lib/fio.py`
+`stalls`) with when they happened and the latency of the I/O that ended
 them. Then the same load with fio directly on the image file, for the disk's
 own stalls. Uses the benchmark's dense image (bench/mirror.sh makes it).
 """
@@ -21,16 +21,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mirror_vs_qsd as m  # noqa: E402
 from lib.common import rm_f, scratch_dir  # noqa: E402
-from lib.fio import load_latlog  # noqa: E402
+from lib.fio import load_latlog, stalls  # noqa: E402
 
 
-def stalls(L, n=3):
-    t, lat = L["t"], L["lat"]
-    since = np.minimum.accumulate((t - lat)[::-1])[::-1]
-    st = t - np.maximum(np.concatenate(([t[0]], t[:-1])), since)
-    top = np.argsort(st)[-n:][::-1]
-    return ", ".join(f"{st[i] * 1e3:.0f} ms at {t[i] - t[0]:.1f} s (lat {lat[i] * 1e3:.0f} ms)"
-                     for i in top)
+def top(L, t0, t1, n=3):
+    t, st = stalls(L, t0, t1)
+    lat = dict(zip(L["t"], L["lat"]))
+    idx = np.argsort(st)[-n:][::-1]
+    return ", ".join(f"{st[i] * 1e3:.0f} ms at {t[i] - t0:.1f} s (lat {lat[t[i]] * 1e3:.0f} ms)"
+                     for i in idx)
 
 
 def main():
@@ -48,11 +47,17 @@ def main():
         for kind in ("ringmirror", "qsd"):
             r = m.run_load(kind, None, "randwrite-4k-qd16", src, d, size, a.secs, a.secs,
                            keep_log=True)
-            log = r.pop("_log")
+            log = r.pop("_log", None)
+            if r.get("error") or log is None:
+                print(f"rep {rep} {kind:10s} FAILED: {r.get('error', 'no latency log')}", flush=True)
+                continue
             L = np.zeros(len(log["t_all"]), dtype=[("t", "f8"), ("lat", "f8")])
             L["t"], L["lat"] = log["t_all"], log["lat_all"]
+            # The window of the benchmark's no-job row: from 1 s after the
+            # first completion to the load's stop.
+            t0, t1 = L["t"][0] + 1, r.get("t_stop") or L["t"][-1]
             print(f"rep {rep} {kind:10s} IOPS {r['windows']['whole']['iops']:7.0f}  stalls: "
-                  f"{stalls(L)}", flush=True)
+                  f"{top(L, t0, t1)}", flush=True)
         prefix = str(d / "run" / "direct")
         for f in Path(d / "run").glob("direct_lat.*.log"):
             rm_f(f)
@@ -63,8 +68,9 @@ def main():
                         "--output-format=json", f"--output={prefix}.json"],
                        check=True, stdout=subprocess.DEVNULL)
         L = load_latlog(prefix)
+        t0, t1 = L["t"][0] + 1, L["t"][-1]
         print(f"rep {rep} {'fio direct':10s} IOPS {len(L) / (L['t'][-1] - L['t'][0]):7.0f}  "
-              f"stalls: {stalls(L)}", flush=True)
+              f"stalls: {top(L, t0, t1)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -132,24 +132,37 @@ def max_gap(log_, t0, t1):
     return gap, maxlat
 
 
-def max_stall(log_, t0, t1):
-    """Longest time (s) within [t0, t1] during which the guest had an I/O in
-    flight and none completed: what the server made it wait. Unlike
-    max_gap, a pause of the client itself (nothing submitted: fio or the
-    host not scheduling it) does not count. An I/O was issued at t - lat;
-    during the interval before the i-th completion, the I/Os in flight are
-    those completing at or after it, so the stall there is that completion
-    minus the later of the previous completion and their earliest issue."""
-    m = log_["t"] >= t0
-    t = log_["t"][m]
-    issued = t - log_["lat"][m]
+def stalls(log_, t0, t1):
+    """(completion times, stall before each) for the completions from t0
+    on, the stalls clipped to [t0, t1]: the time before that completion
+    during which the guest had an I/O outstanding and none completed. An I/O
+    was issued at t - lat; in the interval before the i-th completion the
+    I/Os outstanding are those completing at or after it, so the stall there
+    is that completion minus the later of the previous completion and their
+    earliest issue. fio logs completions in whole ms, so a stall may read up
+    to 1 ms long, never short. Outstanding means from fio's submission to
+    fio's reaping: fio itself descheduled with I/Os queued counts; only a
+    pause with nothing outstanding does not (then a gap is not a stall)."""
+    order = np.argsort(log_["t"], kind="stable")
+    t_all, lat_all = log_["t"][order], log_["lat"][order]
+    m = t_all >= t0
+    t = t_all[m]
+    issued = t - lat_all[m]
     if len(t) == 0:
-        return 0.0
+        return t, t
     in_flight_since = np.minimum.accumulate(issued[::-1])[::-1]
     starts = np.concatenate(([t0], t[:-1]))
     stall = np.minimum(t, t1) - np.maximum(starts, in_flight_since)
-    stall = stall[starts < t1]
-    return float(max(stall.max(), 0.0)) if len(stall) else 0.0
+    keep = starts < t1
+    return t[keep], np.maximum(stall[keep], 0.0)
+
+
+def max_stall(log_, t0, t1):
+    """Longest stall (s) within [t0, t1] (see `stalls`). With no completion
+    from t0 on there is nothing to tell a hang from an idle guest: the whole
+    window is returned, as max_gap does."""
+    _, st = stalls(log_, t0, t1)
+    return float(st.max()) if len(st) else t1 - t0
 
 
 def written_blocks_after(log_, t, block=4096):

@@ -80,9 +80,53 @@ impl ScratchDir {
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         if std::env::var_os("RINGMIRROR_KEEP_SCRATCH").is_none() {
+            // A test that mounted a filesystem here and was killed before
+            // unmounting it must not have remove_dir_all reach into it:
+            // detach every mount under the directory first.
+            for m in mounts_under(&self.path) {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
             let _ = fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// Mount points at or under `dir`, deepest first (from /proc/self/mounts,
+/// whose paths escape spaces and the like as octal).
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let table = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut found: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+fn unescape_mount_path(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = (i + 4 <= b.len() && b[i] == b'\\')
+            .then(|| &b[i + 1..i + 4])
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')))
+            .and_then(|v| u8::try_from(v).ok());
+        if let Some(v) = octal {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Path of `tool`, or panic with how to install it. Tests call this instead
@@ -171,4 +215,31 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {
 pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path).expect("stat").blocks() * 512
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mounts_under, unescape_mount_path};
+    use std::path::Path;
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(unescape_mount_path("/a\\040b/c"), "/a b/c");
+        assert_eq!(unescape_mount_path("/tab\\011x\\134y"), "/tab\tx\\y");
+        // Not an escape: kept as it is.
+        assert_eq!(unescape_mount_path("/x\\09"), "/x\\09");
+        assert_eq!(unescape_mount_path("/end\\04"), "/end\\04");
+        assert_eq!(unescape_mount_path("/big\\777"), "/big\\777");
+    }
+
+    #[test]
+    fn mounts_under_finds_proc_deepest_first_and_nothing_in_a_plain_dir() {
+        // /proc is a mount point on every Linux machine; a fresh scratch dir holds none.
+        let m = mounts_under(Path::new("/proc"));
+        assert!(m.iter().any(|p| p == Path::new("/proc")), "{m:?}");
+        let depth: Vec<usize> = m.iter().map(|p| p.components().count()).collect();
+        assert!(depth.windows(2).all(|w| w[0] >= w[1]), "{m:?}");
+        let d = super::ScratchDir::new("mounts-under");
+        assert!(mounts_under(d.path()).is_empty());
+    }
 }

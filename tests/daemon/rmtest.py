@@ -478,7 +478,7 @@ class SmallFs:
     """A small ext4 filesystem (no blocks reserved for root) on a loop
     device, for a real ENOSPC. Needs root and loop devices, and says so
     loudly when it cannot mount. Unmounted by Ctx.cleanup() after the
-    daemons are gone (they hold files open on it)."""
+    daemons are killed (lazily if they still hold files open on it)."""
 
     def __init__(self, ctx, name, mib):
         self.img = ctx.scratch / f"{name}.img"
@@ -491,15 +491,19 @@ class SmallFs:
         make_blank(self.img, self.mib * MiB)
         await run_ok("mkfs.ext4", "-q", "-F", "-m", "0", str(self.img))
         self.mnt.mkdir(exist_ok=True)
+        self.mounted = True  # before mount: a signal in between still unmounts
         rc, out, err = await run("mount", "-o", "loop", str(self.img), str(self.mnt))
+        if rc != 0:
+            self.mounted = False
         check(rc == 0, "mounting a loop filesystem failed (this scenario needs root and loop "
                        f"devices): rc {rc}: {out}{err}")
-        self.mounted = True
         return self
 
     def free(self):
+        """Bytes an ordinary write can still get (ext4 keeps some clusters
+        back even with -m 0; f_bavail leaves them out)."""
         st = os.statvfs(self.mnt)
-        return st.f_bfree * st.f_frsize
+        return st.f_bavail * st.f_frsize
 
     def fill(self, leave, name="filler"):
         """Allocate a file that leaves about `leave` bytes free."""
@@ -514,12 +518,22 @@ class SmallFs:
             os.close(fd)
         return path
 
-    def unmount(self):
-        if self.mounted:
-            r = subprocess.run(["umount", str(self.mnt)], capture_output=True)
-            if r.returncode != 0:  # still busy: detach it lazily
-                subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True)
-            self.mounted = False
+    def unmount(self, lazy=False):
+        """Unmount; lazily (detached now, freed when the last file on it is
+        closed) when asked or when it is still busy."""
+        if not self.mounted:
+            return
+        self.mounted = False
+        if not lazy:
+            try:
+                r = subprocess.run(["umount", str(self.mnt)], capture_output=True, timeout=30)
+                if r.returncode == 0:
+                    return
+            except subprocess.TimeoutExpired:
+                pass
+        r = subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, timeout=30)
+        if r.returncode != 0:
+            log(f"cannot unmount {self.mnt}: {r.stderr.decode(errors='replace').strip()}")
 
 
 class Ctx:
@@ -527,13 +541,16 @@ class Ctx:
         self.binary = Path(binary).resolve()
         self.scratch = Path(scratch).resolve()
         self.daemons = []
-        # Run by run.py after the daemons are killed, last registered first.
+        # Run by run.py after the daemons are killed, last registered first;
+        # each takes a `lazy` keyword (see cleanup).
         self.cleanups = []
 
-    def cleanup(self):
+    def cleanup(self, hurry=False):
+        """Run the cleanups; `hurry` (from a signal handler, with daemons
+        perhaps still exiting) asks them not to wait."""
         for fn in reversed(self.cleanups):
             try:
-                fn()
+                fn(lazy=True) if hurry else fn()
             except Exception as e:  # report, and go on cleaning
                 log(f"cleanup {fn}: {e}")
 

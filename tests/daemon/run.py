@@ -85,7 +85,7 @@ if __name__ == "__main__":
         # tests/daemon.rs sends SIGTERM when a scenario hangs: take the
         # daemons and tools down with us (and unmount what they held).
         rmtest.kill_children()
-        ctx.cleanup()
+        ctx.cleanup(hurry=True)
         print(f"FAIL {a.scenario}: killed by signal {signum}", flush=True)
         os._exit(1)
 

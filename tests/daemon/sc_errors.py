@@ -446,7 +446,8 @@ async def sc_multi_monitor(ctx):
 async def full_target_run(ctx, kind):
     """The ENOSPC sequence against one daemon; returns what must agree with
     qemu-storage-daemon. The target is a sparse image on a 64 MiB ext4
-    filesystem filled up to 6 MiB free, the source 24 MiB of data in 32."""
+    filesystem filled up to 10 MiB free (more than two of either daemon's
+    copy requests), the source 28 MiB of data in 32."""
     name = "rm" if kind == "ringmirror" else "qsd"
     fs = await SmallFs(ctx, f"fs-{name}", 64).mount()
     d = await ctx.daemon(name, kind).start()
@@ -462,7 +463,7 @@ async def full_target_run(ctx, kind):
     # 1. on-target-error=report (the default): the job fails with the error,
     # the source is untouched, the daemon goes on serving.
     tgt1 = make_blank(fs.mnt / "tgt1.raw", 32 * MiB)
-    filler = fs.fill(6 * MiB)
+    filler = fs.fill(10 * MiB)
     await d.ret("blockdev-add", file_node("tgt1", tgt1))
     since = d.mark()
     await d.ret("blockdev-mirror", mirror_args("job1", target="tgt1"))
@@ -484,7 +485,7 @@ async def full_target_run(ctx, kind):
     # resume finishes the copy and complete switches: nothing lost.
     tgt = make_blank(fs.mnt / "tgt.raw", 32 * MiB)
     filler.unlink()
-    filler = fs.fill(6 * MiB)
+    filler = fs.fill(10 * MiB)
     await d.ret("blockdev-add", file_node("tgt", tgt))
     since = d.mark()
     await d.ret("blockdev-mirror", mirror_args(**{"on-target-error": "enospc"}))
@@ -494,6 +495,18 @@ async def full_target_run(ctx, kind):
     j = await d.query_job()
     out["stopped: query"] = {k: j[k] for k in ("status", "paused", "ready", "io-status", "busy")}
     check(0 < j["offset"] < j["len"], f"stopped: progress {j['offset']} of {j['len']}")
+    # What the job wrote before the disk filled is the source's: every
+    # 64 KiB block of the target is still blank or equal to the source.
+    kept = 0
+    with open(src, "rb") as fs_, open(tgt, "rb") as ft:
+        for off in range(0, 32 * MiB, 64 * KiB):
+            a, b = fs_.read(64 * KiB), ft.read(64 * KiB)
+            if b != a:
+                check(b == bytes(64 * KiB), f"stopped: target block at {off} is neither blank "
+                                            "nor the source's")
+            elif a != bytes(64 * KiB):
+                kept += 1
+    check(kept > 0, "stopped: no data block of the source on the target")
     await d.qemu_io("write -P 0x5e 1M 64k")  # the guest goes on while the job is stopped
     await d.qemu_io("write -P 0x5f 30M 64k")
     await asyncio.sleep(0.3)
