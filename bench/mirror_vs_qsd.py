@@ -93,14 +93,20 @@ def run_ceiling(src, d, size):
     return secs
 
 
-def run_noio(kind, src, d, size, img):
+def fresh_target(d, size):
+    """A new sparse target, the page cache dropped, and SETTLE_S of quiet:
+    the previous run may have left the host's disk busy with its writes (the
+    runs alternate, so each run follows the other daemon's, often a
+    write-heavy one)."""
     tgt = d / "mirror-tgt.img"
     make_sparse(tgt, size)
     drop_caches()
-    # The previous run may have left the host's disk busy with its writes
-    # (the runs alternate, so each baseline follows the other daemon's
-    # write-heavy run): let it settle before the guest starts.
     time.sleep(SETTLE_S)
+    return tgt
+
+
+def run_noio(kind, src, d, size, img):
+    tgt = fresh_target(d, size)
     dm = Daemon(kind, d / "run", kind)
     r = {"kind": kind, "image": img, "load1": loadavg()[0]}
     try:
@@ -143,9 +149,7 @@ def run_noio(kind, src, d, size, img):
 
 def run_load(kind, mode, workload, src, d, size, load_s, baseline_s, keep_log=False):
     """mode: None (baseline, no job), 'background' or 'write-blocking'."""
-    tgt = d / "mirror-tgt.img"
-    make_sparse(tgt, size)
-    drop_caches()
+    tgt = fresh_target(d, size)
     dm = Daemon(kind, d / "run", kind)
     tag = f"{kind}-{workload}-{mode or 'nojob'}"
     r = {"kind": kind, "mode": mode or "none", "workload": workload, "load1": loadavg()[0]}

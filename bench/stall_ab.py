@@ -26,10 +26,11 @@ from lib.fio import load_latlog, stalls  # noqa: E402
 
 def top(L, t0, t1, n=3):
     t, st = stalls(L, t0, t1)
-    lat = dict(zip(L["t"], L["lat"]))
     idx = np.argsort(st)[-n:][::-1]
-    return ", ".join(f"{st[i] * 1e3:.0f} ms at {t[i] - t0:.1f} s (lat {lat[t[i]] * 1e3:.0f} ms)"
-                     for i in idx)
+    # fio logs in whole ms: of the I/Os completing in that ms, the one that
+    # waited longest ended the stall.
+    return ", ".join(f"{st[i] * 1e3:.0f} ms at {t[i] - t0:.1f} s "
+                     f"(lat {L['lat'][L['t'] == t[i]].max() * 1e3:.0f} ms)" for i in idx)
 
 
 def main():

@@ -467,12 +467,7 @@ async def full_target_run(ctx, kind):
     await d.ret("blockdev-add", file_node("tgt1", tgt1))
     since = d.mark()
     await d.ret("blockdev-mirror", mirror_args("job1", target="tgt1"))
-    done = await d.wait_event("BLOCK_JOB_COMPLETED")
-    await d.wait_status("job1", "null")
-    out["report: events"] = dedup(d.seq("job1", since))
-    out["report: error events"] = sorted({json.dumps(e, sort_keys=True) for n, e in
-                                          d.events(since, ["BLOCK_JOB_ERROR"])})
-    out["report: COMPLETED error"] = done.get("error")
+    done = await job_ending(d, "job1", since, "report", out)
     check(done["offset"] < done["len"], f"report: COMPLETED claims all was copied: {done}")
     with open(src, "rb") as f:
         check(f.read() == src_before, "report: the source changed")
@@ -518,17 +513,25 @@ async def full_target_run(ctx, kind):
     j = await d.query_job()
     out["resumed: query"] = {k: j[k] for k in ("status", "paused", "ready", "io-status")}
     await d.ret("block-job-complete", {"device": "job0"})
-    done = await d.wait_event("BLOCK_JOB_COMPLETED")
-    await d.wait_status("job0", "null")
-    out["enospc: events"] = dedup(d.seq("job0", since))
-    out["enospc: error events"] = sorted({json.dumps(e, sort_keys=True) for n, e in
-                                          d.events(since, ["BLOCK_JOB_ERROR"])})
-    out["enospc: COMPLETED error"] = done.get("error")
+    await job_ending(d, "job0", since, "enospc", out)
     assert_same_file(src, tgt, f"{kind}: source and target after ENOSPC, resume and complete")
     eq(read_range(tgt, 1 * MiB, 64 * KiB), b"\x5e" * (64 * KiB), "guest write while stopped")
     eq(read_range(tgt, 30 * MiB, 64 * KiB), b"\x5f" * (64 * KiB), "guest write while stopped")
     await d.quit()
     return out
+
+
+async def job_ending(d, job, since, what, out):
+    """Wait for `job` to complete and go away; record in `out` its events
+    since `since`, its distinct BLOCK_JOB_ERROR events and the COMPLETED
+    error, under keys starting with `what`. Returns the COMPLETED data."""
+    done = await d.wait_event("BLOCK_JOB_COMPLETED", lambda e: e.get("device") == job)
+    await d.wait_status(job, "null")
+    out[f"{what}: events"] = dedup(d.seq(job, since))
+    out[f"{what}: error events"] = sorted({json.dumps(e, sort_keys=True) for _, e in
+                                           d.events(since, ["BLOCK_JOB_ERROR"])})
+    out[f"{what}: COMPLETED error"] = done.get("error")
+    return done
 
 
 def dedup(seq):
