@@ -731,7 +731,11 @@ impl Coordinator {
         // With guest I/O held (barriers) there is no guest to protect.
         let held = matches!(self.phase, Phase::Draining(_));
         if !held {
-            self.pacer.tick(Instant::now(), self.disk.guest_io_totals());
+            self.pacer.tick(
+                Instant::now(),
+                self.disk.guest_io_totals(),
+                self.disk.requests_in_flight(),
+            );
             if self.pacer.holds_copy() {
                 self.retry_after = Some(self.pacer.next_tick());
                 return;

@@ -64,7 +64,15 @@ pub(crate) struct Pacer {
     last_at: Instant,
     last: (u64, u64),
     next_probe: Instant,
+    /// Guest requests in flight at the last tick.
+    last_in_flight: u64,
+    /// `RINGMIRROR_TRACE_PACER` set: one line per interval on stderr,
+    /// times from this instant.
+    trace: Option<Instant>,
 }
+
+/// Set (to anything) to trace the pacer's decisions on stderr.
+pub(crate) const TRACE_ENV: &str = "RINGMIRROR_TRACE_PACER";
 
 impl Pacer {
     /// A pacer starting from the guest's running totals `(ops, latency_ns)`.
@@ -78,6 +86,8 @@ impl Pacer {
             last_at: now,
             last: totals,
             next_probe: now,
+            last_in_flight: 0,
+            trace: std::env::var_os(TRACE_ENV).map(|_| now),
         }
     }
 
@@ -129,16 +139,25 @@ impl Pacer {
         self.last_at + INTERVAL
     }
 
-    /// Feed the guest's running totals; acts once per interval.
-    pub(crate) fn tick(&mut self, now: Instant, totals: (u64, u64)) {
+    /// Feed the guest's running totals and its requests in flight now;
+    /// acts once per interval.
+    pub(crate) fn tick(&mut self, now: Instant, totals: (u64, u64), in_flight: u64) {
         if now < self.last_at + INTERVAL {
             return;
         }
         let ops = totals.0.saturating_sub(self.last.0);
         let lat = totals.1.saturating_sub(self.last.1);
+        let waited_across = in_flight > 0 && self.last_in_flight > 0;
         self.last = totals;
         self.last_at = now;
-        let active = ops >= MIN_SAMPLES;
+        self.last_in_flight = in_flight;
+        // Few completions are not an idle guest when its requests wait: a
+        // guest queued behind large copy requests completes almost nothing,
+        // and taking that for idleness (unlimited copy, large requests)
+        // starves it for good. Starved: what completed waited half an
+        // interval in all, or a request was in flight at both ends.
+        let starved = ops < MIN_SAMPLES && (lat >= INTERVAL.as_nanos() as u64 / 2 || waited_across);
+        let active = ops >= MIN_SAMPLES || starved;
         self.state = match self.state {
             State::Probing {
                 left,
@@ -163,6 +182,10 @@ impl Pacer {
                     State::Pacing {
                         baseline_ns: pl as f64 / po as f64,
                     }
+                } else if starved {
+                    // Still waiting with the copy stopped (copies draining,
+                    // or the device stalls): look again.
+                    self.probe()
                 } else {
                     // The guest went quiet while we looked.
                     self.rate = 0;
@@ -176,9 +199,13 @@ impl Pacer {
             State::Idle => self.probe(),
             State::Pacing { .. } if now >= self.next_probe => self.probe(),
             State::Pacing { baseline_ns } => {
-                let mean = lat as f64 / ops as f64;
+                let mean = if ops == 0 {
+                    f64::INFINITY
+                } else {
+                    lat as f64 / ops as f64
+                };
                 let current = if self.rate == 0 { UNLIMITED } else { self.rate };
-                self.rate = if mean > baseline_ns * self.slowdown {
+                self.rate = if starved || mean > baseline_ns * self.slowdown {
                     (current / 2).max(MIN_RATE)
                 } else if current + STEP >= UNLIMITED {
                     0
@@ -188,6 +215,25 @@ impl Pacer {
                 State::Pacing { baseline_ns }
             }
         };
+        if let Some(t0) = self.trace {
+            self.trace_line(now.duration_since(t0), ops, lat, in_flight);
+        }
+    }
+
+    fn trace_line(&self, t: Duration, ops: u64, lat: u64, in_flight: u64) {
+        let mean_us = if ops > 0 { lat / ops / 1000 } else { 0 };
+        let (state, base_us) = match self.state {
+            State::Idle => ("idle", 0.0),
+            State::Probing { .. } => ("probe", 0.0),
+            State::Pacing { baseline_ns } => ("pace", baseline_ns / 1000.0),
+        };
+        eprintln!(
+            "pacer t={:.1} state={state} ops={ops} mean_us={mean_us} inflight={in_flight} \
+             base_us={base_us:.0} allow={:.2} rate_mib={}",
+            t.as_secs_f64(),
+            self.slowdown,
+            self.rate >> 20
+        );
     }
 
     fn probe(&mut self) -> State {
@@ -213,7 +259,8 @@ mod tests {
         fn step(&mut self, ops: u64, mean_ns: u64) -> (bool, u64) {
             self.t += INTERVAL;
             self.totals = (self.totals.0 + ops, self.totals.1 + ops * mean_ns);
-            self.p.tick(self.t, self.totals);
+            // A guest with requests: one in flight at every tick.
+            self.p.tick(self.t, self.totals, u64::from(ops > 0));
             (self.p.holds_copy(), self.p.rate())
         }
     }
@@ -242,6 +289,43 @@ mod tests {
         assert_eq!(s.p.rate(), MIN_RATE);
         // The guest stops: unlimited again.
         assert_eq!(s.step(0, 0), (false, 0));
+    }
+
+    #[test]
+    fn a_starved_guest_is_not_an_idle_one() {
+        let mut p = Pacer::new((0, 0));
+        let mut t = Instant::now();
+        let mut totals = (0u64, 0u64);
+        let mut step = |p: &mut Pacer, ops: u64, mean_ns: u64, in_flight: u64| {
+            t += INTERVAL;
+            totals = (totals.0 + ops, totals.1 + ops * mean_ns);
+            p.tick(t, totals, in_flight);
+            (p.holds_copy(), p.rate())
+        };
+        // 16 requests queued behind the copy, none completing: not idle,
+        // so the copy stops and the pacer looks at the guest.
+        step(&mut p, 0, 0, 16);
+        assert_eq!(step(&mut p, 0, 0, 16), (true, 0), "must probe, not run unlimited");
+        // It keeps looking while the guest still waits with the copy stopped
+        // (draining copies, a stalling device) ...
+        for _ in 0..PROBE_INTERVALS {
+            step(&mut p, 3, 300_000_000, 16);
+        }
+        assert!(p.holds_copy(), "a probe that saw only a waiting guest must go on");
+        // ... and paces once it sees the guest undisturbed.
+        for _ in 0..PROBE_INTERVALS {
+            step(&mut p, 1000, 100_000, 16);
+        }
+        assert_eq!((p.holds_copy(), p.rate()), (false, START_RATE));
+        // A few completions that waited long (16 after 300 ms): halve, do
+        // not take it for idleness.
+        assert_eq!(step(&mut p, 16, 300_000_000, 16), (false, START_RATE / 2));
+        // Nothing completing at all with requests in flight: halve.
+        assert_eq!(step(&mut p, 0, 0, 16), (false, START_RATE / 4));
+        // A light guest (a few quick requests, none in flight now) is idle.
+        assert_eq!(step(&mut p, 5, 100_000, 0), (false, 0));
+        // One request in flight at a tick but not the one before: idle.
+        assert_eq!(step(&mut p, 0, 0, 1), (false, 0));
     }
 
     #[test]
