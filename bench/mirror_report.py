@@ -24,6 +24,38 @@ def _wmed(rs, win, key):
     return median([(r.get("windows", {}).get(win) or {}).get(key) for r in rs])
 
 
+def own_lines(summary):
+    """Per daemon and mirror mode: the guest during the mirror (mirror→READY)
+    against the no-job runs' medians, and the median of each run's IOPS
+    against its own 5 s before the mirror."""
+    lines = []
+    for kind in NAMES:
+        nj = summary.get((kind, "none"))
+        if not nj or not nj.get("iops"):
+            continue
+        parts = []
+        for mode in ["background", "write-blocking"]:
+            m = summary.get((kind, mode))
+            rs = summary.get((kind, mode, "runs")) or []
+            if not m or not m.get("iops"):
+                continue
+            own = [((r.get("windows") or {}).get("mirror_to_ready") or {}).get("iops", 0)
+                   / ((r.get("windows") or {}).get("before") or {}).get("iops")
+                   for r in rs if ((r.get("windows") or {}).get("before") or {}).get("iops")]
+            t = f"{mode}: guest **{100 * m['iops'] / nj['iops']:.0f}%** of no-job IOPS"
+            if own:
+                t += f" ({100 * median(own):.0f}% of the same run's pre-mirror IOPS)"
+            if m.get("p99") and nj.get("p99"):
+                t += f", p99 **{m['p99'] / nj['p99']:.2f}×** the no-job p99"
+            st, nst = _med(rs, "mirror_stall_ms"), _med(summary.get((kind, "none", "runs")) or [], "mirror_stall_ms")
+            if st is not None:
+                t += f", longest stall {st:.0f} ms" + (f" (no job: {nst:.0f} ms)" if nst is not None else "")
+            parts.append(t)
+        if parts:
+            lines.append(f"- {NAMES[kind]}: " + "; ".join(parts))
+    return lines
+
+
 def render(out):
     """Markdown of the whole run (printed on stdout)."""
     return "\n\n".join(md for _, md in sections(out))
@@ -140,6 +172,7 @@ def sections(out):
                 if mode == "none":
                     st = {k: _wmed(rs, "whole", k) for k in ("iops", "p50", "p99", "p999", "max")}
                     summary[(kind, mode)] = st
+                    summary[(kind, mode, "runs")] = rs
                     rows.append([NAMES[kind], label, "-", fmt(st["iops"], 0), "-", "-", "-",
                                  f"{fmt(st['p50'], 2)} / {fmt(st['p99'], 2)} / {fmt(st['p999'], 1)}",
                                  "-", "-",
@@ -163,6 +196,7 @@ def sections(out):
                 st = {w: {k: _wmed(rs, w, k) for k in ("iops", "p50", "p99", "p999", "max")}
                       for w in ("before", "mirror_to_ready", "ready_to_complete", "after_complete")}
                 summary[(kind, mode)] = st["mirror_to_ready"]
+                summary[(kind, mode, "runs")] = rs
                 summary[(kind, mode, "ready")] = _med(conv, "ready_s") if len(conv) == len(rs) else None
                 mr = st["mirror_to_ready"]
                 gap = _med(rs, "complete_gap_ms")
@@ -212,6 +246,13 @@ def sections(out):
             L.append("Ratios (ringmirror vs qemu-storage-daemon, medians):")
             L.append("")
             L.extend(lines)
+            L.append("")
+        own = own_lines(summary)
+        if own:
+            L.append("Each daemon against its own runs without a job (the disk drifts from run to run, "
+                     "so the same run's 5 s before the mirror is given too):")
+            L.append("")
+            L.extend(own)
             L.append("")
         for mode in out.get("modes", ["background", "write-blocking"]):
             if (PLOTS / f"guest-latency-{wl}-{mode}.png").exists():
