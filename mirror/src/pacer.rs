@@ -36,8 +36,13 @@ pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 const PROBE_INTERVALS: u32 = 4;
 /// How often the baseline is measured again.
 const REPROBE: Duration = Duration::from_secs(10);
-/// An interval with fewer guest requests than this says nothing.
+/// An interval with fewer guest requests than this says nothing, unless
+/// the guest's requests waited (see `tick`).
 const MIN_SAMPLES: u64 = 20;
+/// Probes in a row that may see the guest wait with fewer than MIN_SAMPLES
+/// completions before those few are taken as its baseline (or, if none
+/// completed at all, before it is taken for idle).
+const MAX_REPROBES: u32 = 4;
 /// The rate after a probe, the additive step, and the floor (bytes/s).
 const START_RATE: u64 = 64 << 20;
 const STEP: u64 = 32 << 20;
@@ -66,6 +71,10 @@ pub(crate) struct Pacer {
     next_probe: Instant,
     /// Guest requests in flight at the last tick.
     last_in_flight: u64,
+    /// Probes in a row that saw the guest wait with few completions.
+    reprobes: u32,
+    /// Pacing this guest since it was last idle.
+    paced: bool,
     /// `RINGMIRROR_TRACE_PACER` set: one line per interval on stderr,
     /// times from this instant.
     trace: Option<Instant>,
@@ -87,6 +96,8 @@ impl Pacer {
             last: totals,
             next_probe: now,
             last_in_flight: 0,
+            reprobes: 0,
+            paced: false,
             trace: std::env::var_os(TRACE_ENV).map(|_| now),
         }
     }
@@ -155,7 +166,10 @@ impl Pacer {
         // guest queued behind large copy requests completes almost nothing,
         // and taking that for idleness (unlimited copy, large requests)
         // starves it for good. Starved: what completed waited half an
-        // interval in all, or a request was in flight at both ends.
+        // interval in all, or a request was in flight at both ends. Such an
+        // interval is judged by its mean latency like any other (nothing
+        // completed at all: infinitely slow), so a slow guest with few
+        // requests is paced against its own slow baseline, not stopped.
         let starved = ops < MIN_SAMPLES && (lat >= INTERVAL.as_nanos() as u64 / 2 || waited_across);
         let active = ops >= MIN_SAMPLES || starved;
         self.state = match self.state {
@@ -176,24 +190,38 @@ impl Pacer {
                         ops: po,
                         lat: pl,
                     }
-                } else if po >= MIN_SAMPLES {
+                } else if po >= MIN_SAMPLES
+                    || (po > 0 && starved && (self.reprobes >= MAX_REPROBES || self.paced))
+                {
+                    // Few requests that keep waiting with the copy stopped,
+                    // probe after probe (or again after pacing this guest):
+                    // a slow guest (say one request at a time on a device
+                    // taking 50 ms each). It has a baseline too.
                     self.rate = START_RATE;
                     self.next_probe = now + REPROBE;
+                    self.reprobes = 0;
+                    self.paced = true;
                     State::Pacing {
                         baseline_ns: pl as f64 / po as f64,
                     }
-                } else if starved {
-                    // Still waiting with the copy stopped (copies draining,
-                    // or the device stalls): look again.
+                } else if starved && self.reprobes < MAX_REPROBES {
+                    // The guest's requests wait with the copy stopped:
+                    // copies still draining, or a stalling device. Look
+                    // again, a few times.
+                    self.reprobes += 1;
                     self.probe()
                 } else {
-                    // The guest went quiet while we looked.
+                    // The guest went quiet while we looked (or a request is
+                    // stuck for good: that must not stop the copy for good).
                     self.rate = 0;
+                    self.reprobes = 0;
+                    self.paced = false;
                     State::Idle
                 }
             }
             _ if !active => {
                 self.rate = 0;
+                self.paced = false;
                 State::Idle
             }
             State::Idle => self.probe(),
@@ -205,7 +233,7 @@ impl Pacer {
                     lat as f64 / ops as f64
                 };
                 let current = if self.rate == 0 { UNLIMITED } else { self.rate };
-                self.rate = if starved || mean > baseline_ns * self.slowdown {
+                self.rate = if mean > baseline_ns * self.slowdown {
                     (current / 2).max(MIN_RATE)
                 } else if current + STEP >= UNLIMITED {
                     0
@@ -221,7 +249,7 @@ impl Pacer {
     }
 
     fn trace_line(&self, t: Duration, ops: u64, lat: u64, in_flight: u64) {
-        let mean_us = if ops > 0 { lat / ops / 1000 } else { 0 };
+        let mean_us = lat.checked_div(ops).unwrap_or(0) / 1000;
         let (state, base_us) = match self.state {
             State::Idle => ("idle", 0.0),
             State::Probing { .. } => ("probe", 0.0),
@@ -305,13 +333,20 @@ mod tests {
         // 16 requests queued behind the copy, none completing: not idle,
         // so the copy stops and the pacer looks at the guest.
         step(&mut p, 0, 0, 16);
-        assert_eq!(step(&mut p, 0, 0, 16), (true, 0), "must probe, not run unlimited");
+        assert_eq!(
+            step(&mut p, 0, 0, 16),
+            (true, 0),
+            "must probe, not run unlimited"
+        );
         // It keeps looking while the guest still waits with the copy stopped
         // (draining copies, a stalling device) ...
         for _ in 0..PROBE_INTERVALS {
             step(&mut p, 3, 300_000_000, 16);
         }
-        assert!(p.holds_copy(), "a probe that saw only a waiting guest must go on");
+        assert!(
+            p.holds_copy(),
+            "a probe that saw only a waiting guest must go on"
+        );
         // ... and paces once it sees the guest undisturbed.
         for _ in 0..PROBE_INTERVALS {
             step(&mut p, 1000, 100_000, 16);
@@ -326,6 +361,47 @@ mod tests {
         assert_eq!(step(&mut p, 5, 100_000, 0), (false, 0));
         // One request in flight at a tick but not the one before: idle.
         assert_eq!(step(&mut p, 0, 0, 1), (false, 0));
+    }
+
+    #[test]
+    fn a_slow_guest_with_few_requests_is_paced_not_stopped() {
+        let mut p = Pacer::new((0, 0));
+        let mut t = Instant::now();
+        let mut totals = (0u64, 0u64);
+        let mut step = |p: &mut Pacer, ops: u64, mean_ns: u64, in_flight: u64| {
+            t += INTERVAL;
+            totals = (totals.0 + ops, totals.1 + ops * mean_ns);
+            p.tick(t, totals, in_flight);
+            (p.holds_copy(), p.rate())
+        };
+        // One request at a time, 50 ms each: 2 completions per interval,
+        // always one in flight. Probes repeat a bounded number of times ...
+        let mut held = 0;
+        for _ in 0..(MAX_REPROBES + 2) * PROBE_INTERVALS {
+            held += u32::from(step(&mut p, 2, 50_000_000, 1).0);
+        }
+        assert!(
+            held <= (MAX_REPROBES + 1) * PROBE_INTERVALS,
+            "held {held} intervals"
+        );
+        // ... and then it is paced against its own 50 ms, so the copy grows.
+        assert!(!p.holds_copy());
+        let r0 = p.rate();
+        assert!(r0 > 0);
+        assert_eq!(step(&mut p, 2, 52_000_000, 1), (false, r0 + STEP));
+        // A request stuck for good with the copy stopped does not stop the
+        // copy for good either.
+        let mut p = Pacer::new((0, 0));
+        step(&mut p, 0, 0, 1);
+        assert!(
+            step(&mut p, 0, 0, 1).0,
+            "a waiting request must start a probe"
+        );
+        let mut free = false;
+        for _ in 0..(MAX_REPROBES + 1) * PROBE_INTERVALS {
+            free |= !step(&mut p, 0, 0, 1).0;
+        }
+        assert!(free, "a stuck request held the copy for good");
     }
 
     #[test]
