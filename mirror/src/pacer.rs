@@ -31,6 +31,9 @@ const MAX_SLOWDOWN: f64 = 2.0;
 const RELAX_HOLD: Duration = Duration::from_secs(60);
 /// Length of one measurement interval.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
+/// A tick this long after the last one (the job was paused, or guest I/O
+/// was held) judges nothing.
+const STALE: Duration = Duration::from_millis(500);
 /// Intervals of a probe (copy stopped); the first is not measured, as
 /// copies issued before it may still be completing.
 const PROBE_INTERVALS: u32 = 4;
@@ -54,8 +57,14 @@ const UNLIMITED: u64 = 4 << 30;
 enum State {
     /// The guest is idle (or not yet seen): copy at full speed.
     Idle,
-    /// Copy stopped; learning the baseline. `left` intervals to go.
-    Probing { left: u32, ops: u64, lat: u64 },
+    /// Copy stopped; learning the baseline. `left` intervals to go;
+    /// `waited`: the guest was starved in a measured interval.
+    Probing {
+        left: u32,
+        ops: u64,
+        lat: u64,
+        waited: bool,
+    },
     /// Pacing against `baseline_ns`.
     Pacing { baseline_ns: f64 },
 }
@@ -73,8 +82,12 @@ pub(crate) struct Pacer {
     last_in_flight: u64,
     /// Probes in a row that saw the guest wait with few completions.
     reprobes: u32,
-    /// Pacing this guest since it was last idle.
-    paced: bool,
+    /// When the guest was last paced: a re-probe soon after (the periodic
+    /// one, or after an idle interval) takes few samples as a baseline.
+    paced_at: Option<Instant>,
+    /// Probes saw a request that never completed: until then, a request
+    /// outstanding across an interval is not taken for starvation.
+    stuck_until: Option<Instant>,
     /// `RINGMIRROR_TRACE_PACER` set: one line per interval on stderr,
     /// times from this instant.
     trace: Option<Instant>,
@@ -97,7 +110,8 @@ impl Pacer {
             next_probe: now,
             last_in_flight: 0,
             reprobes: 0,
-            paced: false,
+            paced_at: None,
+            stuck_until: None,
             trace: std::env::var_os(TRACE_ENV).map(|_| now),
         }
     }
@@ -156,77 +170,98 @@ impl Pacer {
         if now < self.last_at + INTERVAL {
             return;
         }
+        let elapsed = now.duration_since(self.last_at);
         let ops = totals.0.saturating_sub(self.last.0);
         let lat = totals.1.saturating_sub(self.last.1);
-        let waited_across = in_flight > 0 && self.last_in_flight > 0;
+        // Nothing completed and a request in flight at both ends: that
+        // request has been outstanding for the whole interval.
+        let spanned = ops == 0 && in_flight > 0 && self.last_in_flight > 0;
         self.last = totals;
         self.last_at = now;
         self.last_in_flight = in_flight;
+        if elapsed > STALE {
+            // Not ticked for a while (paused, or guest I/O held for READY
+            // or the switch): the totals span more than an interval and
+            // say nothing about the copy. Start afresh.
+            return;
+        }
         // Few completions are not an idle guest when its requests wait: a
         // guest queued behind large copy requests completes almost nothing,
         // and taking that for idleness (unlimited copy, large requests)
-        // starves it for good. Starved: what completed waited half an
-        // interval in all, or a request was in flight at both ends. Such an
-        // interval is judged by its mean latency like any other (nothing
-        // completed at all: infinitely slow), so a slow guest with few
-        // requests is paced against its own slow baseline, not stopped.
-        let starved = ops < MIN_SAMPLES && (lat >= INTERVAL.as_nanos() as u64 / 2 || waited_across);
+        // starves it for good. Starved: what completed waited half the
+        // interval in all, or a request was outstanding for all of it.
+        // While pacing, such an interval is judged by its mean latency like
+        // any other (nothing completed: infinitely slow); from idle, it
+        // starts a probe.
+        let backoff = self.stuck_until.is_some_and(|t| now < t);
+        let starved =
+            ops < MIN_SAMPLES && (lat >= elapsed.as_nanos() as u64 / 2 || (spanned && !backoff));
         let active = ops >= MIN_SAMPLES || starved;
         self.state = match self.state {
             State::Probing {
                 left,
                 ops: po,
                 lat: pl,
+                waited,
             } => {
                 // The first probe interval is skipped (copies draining).
-                let (po, pl) = if left == PROBE_INTERVALS {
-                    (0, 0)
+                let (po, pl, waited) = if left == PROBE_INTERVALS {
+                    (0, 0, false)
                 } else {
-                    (po + ops, pl + lat)
+                    (po + ops, pl + lat, waited || starved)
                 };
+                let recently_paced = self
+                    .paced_at
+                    .is_some_and(|t| now.duration_since(t) < REPROBE);
                 if left > 1 {
                     State::Probing {
                         left: left - 1,
                         ops: po,
                         lat: pl,
+                        waited,
                     }
                 } else if po >= MIN_SAMPLES
-                    || (po > 0 && starved && (self.reprobes >= MAX_REPROBES || self.paced))
+                    || (po > 0 && waited && (self.reprobes >= MAX_REPROBES || recently_paced))
                 {
                     // Few requests that keep waiting with the copy stopped,
-                    // probe after probe (or again after pacing this guest):
-                    // a slow guest (say one request at a time on a device
-                    // taking 50 ms each). It has a baseline too.
+                    // probe after probe (or again soon after pacing this
+                    // guest): a slow guest, say one request at a time on a
+                    // device taking 50 ms each. It has a baseline too.
                     self.rate = START_RATE;
                     self.next_probe = now + REPROBE;
                     self.reprobes = 0;
-                    self.paced = true;
+                    self.paced_at = Some(now);
                     State::Pacing {
                         baseline_ns: pl as f64 / po as f64,
                     }
-                } else if starved && self.reprobes < MAX_REPROBES {
+                } else if waited && self.reprobes < MAX_REPROBES {
                     // The guest's requests wait with the copy stopped:
                     // copies still draining, or a stalling device. Look
                     // again, a few times.
                     self.reprobes += 1;
                     self.probe()
                 } else {
-                    // The guest went quiet while we looked (or a request is
-                    // stuck for good: that must not stop the copy for good).
+                    if waited && po == 0 {
+                        // A request outstanding through every probe, the
+                        // copy stopped: stuck (a hung device, a long flush
+                        // or discard), not slowed by the copy. Do not stop
+                        // the copy for it again for a while.
+                        self.stuck_until = Some(now + REPROBE);
+                    }
+                    // Or the guest went quiet while we looked.
                     self.rate = 0;
                     self.reprobes = 0;
-                    self.paced = false;
                     State::Idle
                 }
             }
             _ if !active => {
                 self.rate = 0;
-                self.paced = false;
                 State::Idle
             }
             State::Idle => self.probe(),
             State::Pacing { .. } if now >= self.next_probe => self.probe(),
             State::Pacing { baseline_ns } => {
+                self.paced_at = Some(now);
                 let mean = if ops == 0 {
                     f64::INFINITY
                 } else {
@@ -269,6 +304,7 @@ impl Pacer {
             left: PROBE_INTERVALS,
             ops: 0,
             lat: 0,
+            waited: false,
         }
     }
 }
@@ -389,19 +425,64 @@ mod tests {
         let r0 = p.rate();
         assert!(r0 > 0);
         assert_eq!(step(&mut p, 2, 52_000_000, 1), (false, r0 + STEP));
-        // A request stuck for good with the copy stopped does not stop the
-        // copy for good either.
-        let mut p = Pacer::new((0, 0));
-        step(&mut p, 0, 0, 1);
-        assert!(
-            step(&mut p, 0, 0, 1).0,
-            "a waiting request must start a probe"
-        );
-        let mut free = false;
-        for _ in 0..(MAX_REPROBES + 1) * PROBE_INTERVALS {
-            free |= !step(&mut p, 0, 0, 1).0;
+        // After an idle interval (a pause between batches) it is taken
+        // back after a single probe, not five.
+        assert_eq!(step(&mut p, 0, 0, 0), (false, 0), "idle");
+        let mut held = 0;
+        while step(&mut p, 2, 50_000_000, 1).0 || held == 0 {
+            held += 1;
+            assert!(held <= PROBE_INTERVALS + 1, "re-probed more than once");
         }
-        assert!(free, "a stuck request held the copy for good");
+        assert_eq!(p.rate(), START_RATE);
+        // Completions that waited half an interval in all start a probe
+        // by themselves (no request in flight at either tick).
+        let mut p = Pacer::new((0, 0));
+        step(&mut p, 0, 0, 0);
+        assert!(
+            step(&mut p, 3, 30_000_000, 0).0,
+            "90 ms of waiting must start a probe"
+        );
+    }
+
+    #[test]
+    fn a_stuck_request_does_not_stop_the_copy() {
+        let mut p = Pacer::new((0, 0));
+        let mut t = Instant::now();
+        let mut step = |p: &mut Pacer, in_flight: u64| {
+            t += INTERVAL;
+            p.tick(t, (0, 0), in_flight);
+            p.holds_copy()
+        };
+        // One request outstanding, never completing (a hung device, a long
+        // flush): the pacer looks at most MAX_REPROBES + 1 times ...
+        step(&mut p, 1);
+        let mut held = 0;
+        for _ in 0..(MAX_REPROBES + 2) * PROBE_INTERVALS {
+            held += u32::from(step(&mut p, 1));
+        }
+        assert_eq!(held, (MAX_REPROBES + 1) * PROBE_INTERVALS);
+        // ... and then lets the copy run while the request stays stuck.
+        for i in 0..50 {
+            assert!(!step(&mut p, 1), "copy held again {i} intervals later");
+        }
+        assert_eq!(p.rate(), 0);
+    }
+
+    #[test]
+    fn a_late_tick_judges_nothing() {
+        let mut s = Sim {
+            p: Pacer::new((0, 0)),
+            t: Instant::now(),
+            totals: (0, 0),
+        };
+        for _ in 0..=PROBE_INTERVALS {
+            s.step(1000, 100_000);
+        }
+        assert_eq!(s.p.rate(), START_RATE);
+        // Two seconds without a tick (the job paused), very slow guest
+        // requests in that time: no halving for it.
+        s.t += Duration::from_secs(2);
+        assert_eq!(s.step(1000, 10_000_000), (false, START_RATE));
     }
 
     #[test]
