@@ -24,6 +24,11 @@ def _wmed(rs, win, key):
     return median([(r.get("windows", {}).get(win) or {}).get(key) for r in rs])
 
 
+def _riops(r, win):
+    """One run's guest IOPS in window `win` (0 if it has none)."""
+    return ((r.get("windows") or {}).get(win) or {}).get("iops") or 0
+
+
 def own_lines(summary):
     """Per daemon and mirror mode: the guest during the mirror (mirror→READY)
     against the no-job runs' medians, and the median of each run's IOPS
@@ -39,9 +44,7 @@ def own_lines(summary):
             rs = summary.get((kind, mode, "runs")) or []
             if not m or not m.get("iops"):
                 continue
-            own = [((r.get("windows") or {}).get("mirror_to_ready") or {}).get("iops", 0)
-                   / ((r.get("windows") or {}).get("before") or {}).get("iops")
-                   for r in rs if ((r.get("windows") or {}).get("before") or {}).get("iops")]
+            own = [_riops(r, "mirror_to_ready") / _riops(r, "before") for r in rs if _riops(r, "before")]
             t = f"{mode}: guest **{100 * m['iops'] / nj['iops']:.0f}%** of no-job IOPS"
             if own:
                 t += f" ({100 * median(own):.0f}% of the same run's pre-mirror IOPS)"

@@ -320,22 +320,30 @@ mod tests {
     }
 
     impl Sim {
+        fn new() -> Sim {
+            Sim {
+                p: Pacer::new((0, 0)),
+                t: Instant::now(),
+                totals: (0, 0),
+            }
+        }
+
+        /// One interval of a guest with requests: one in flight at the tick.
         fn step(&mut self, ops: u64, mean_ns: u64) -> (bool, u64) {
+            self.step_in_flight(ops, mean_ns, u64::from(ops > 0))
+        }
+
+        fn step_in_flight(&mut self, ops: u64, mean_ns: u64, in_flight: u64) -> (bool, u64) {
             self.t += INTERVAL;
             self.totals = (self.totals.0 + ops, self.totals.1 + ops * mean_ns);
-            // A guest with requests: one in flight at every tick.
-            self.p.tick(self.t, self.totals, u64::from(ops > 0));
+            self.p.tick(self.t, self.totals, in_flight);
             (self.p.holds_copy(), self.p.rate())
         }
     }
 
     #[test]
     fn probes_then_paces_and_lets_an_idle_guest_have_full_speed() {
-        let mut s = Sim {
-            p: Pacer::new((0, 0)),
-            t: Instant::now(),
-            totals: (0, 0),
-        };
+        let mut s = Sim::new();
         assert_eq!(s.step(0, 0), (false, 0), "idle guest: unlimited");
         // A guest appears: the copy stops while the baseline is measured.
         assert_eq!(s.step(1000, 300_000), (true, 0));
@@ -357,124 +365,102 @@ mod tests {
 
     #[test]
     fn a_starved_guest_is_not_an_idle_one() {
-        let mut p = Pacer::new((0, 0));
-        let mut t = Instant::now();
-        let mut totals = (0u64, 0u64);
-        let mut step = |p: &mut Pacer, ops: u64, mean_ns: u64, in_flight: u64| {
-            t += INTERVAL;
-            totals = (totals.0 + ops, totals.1 + ops * mean_ns);
-            p.tick(t, totals, in_flight);
-            (p.holds_copy(), p.rate())
-        };
+        let mut s = Sim::new();
         // 16 requests queued behind the copy, none completing: not idle,
         // so the copy stops and the pacer looks at the guest.
-        step(&mut p, 0, 0, 16);
+        s.step_in_flight(0, 0, 16);
         assert_eq!(
-            step(&mut p, 0, 0, 16),
+            s.step_in_flight(0, 0, 16),
             (true, 0),
             "must probe, not run unlimited"
         );
         // It keeps looking while the guest still waits with the copy stopped
         // (draining copies, a stalling device) ...
         for _ in 0..PROBE_INTERVALS {
-            step(&mut p, 3, 300_000_000, 16);
+            s.step_in_flight(3, 300_000_000, 16);
         }
         assert!(
-            p.holds_copy(),
+            s.p.holds_copy(),
             "a probe that saw only a waiting guest must go on"
         );
         // ... and paces once it sees the guest undisturbed.
         for _ in 0..PROBE_INTERVALS {
-            step(&mut p, 1000, 100_000, 16);
+            s.step_in_flight(1000, 100_000, 16);
         }
-        assert_eq!((p.holds_copy(), p.rate()), (false, START_RATE));
+        assert_eq!((s.p.holds_copy(), s.p.rate()), (false, START_RATE));
         // A few completions that waited long (16 after 300 ms): halve, do
         // not take it for idleness.
-        assert_eq!(step(&mut p, 16, 300_000_000, 16), (false, START_RATE / 2));
+        assert_eq!(
+            s.step_in_flight(16, 300_000_000, 16),
+            (false, START_RATE / 2)
+        );
         // Nothing completing at all with requests in flight: halve.
-        assert_eq!(step(&mut p, 0, 0, 16), (false, START_RATE / 4));
+        assert_eq!(s.step_in_flight(0, 0, 16), (false, START_RATE / 4));
         // A light guest (a few quick requests, none in flight now) is idle.
-        assert_eq!(step(&mut p, 5, 100_000, 0), (false, 0));
+        assert_eq!(s.step_in_flight(5, 100_000, 0), (false, 0));
         // One request in flight at a tick but not the one before: idle.
-        assert_eq!(step(&mut p, 0, 0, 1), (false, 0));
+        assert_eq!(s.step_in_flight(0, 0, 1), (false, 0));
     }
 
     #[test]
     fn a_slow_guest_with_few_requests_is_paced_not_stopped() {
-        let mut p = Pacer::new((0, 0));
-        let mut t = Instant::now();
-        let mut totals = (0u64, 0u64);
-        let mut step = |p: &mut Pacer, ops: u64, mean_ns: u64, in_flight: u64| {
-            t += INTERVAL;
-            totals = (totals.0 + ops, totals.1 + ops * mean_ns);
-            p.tick(t, totals, in_flight);
-            (p.holds_copy(), p.rate())
-        };
+        let mut s = Sim::new();
         // One request at a time, 50 ms each: 2 completions per interval,
         // always one in flight. Probes repeat a bounded number of times ...
         let mut held = 0;
         for _ in 0..(MAX_REPROBES + 2) * PROBE_INTERVALS {
-            held += u32::from(step(&mut p, 2, 50_000_000, 1).0);
+            held += u32::from(s.step_in_flight(2, 50_000_000, 1).0);
         }
         assert!(
             held <= (MAX_REPROBES + 1) * PROBE_INTERVALS,
             "held {held} intervals"
         );
         // ... and then it is paced against its own 50 ms, so the copy grows.
-        assert!(!p.holds_copy());
-        let r0 = p.rate();
+        assert!(!s.p.holds_copy());
+        let r0 = s.p.rate();
         assert!(r0 > 0);
-        assert_eq!(step(&mut p, 2, 52_000_000, 1), (false, r0 + STEP));
+        assert_eq!(s.step_in_flight(2, 52_000_000, 1), (false, r0 + STEP));
         // After an idle interval (a pause between batches) it is taken
         // back after a single probe, not five.
-        assert_eq!(step(&mut p, 0, 0, 0), (false, 0), "idle");
+        assert_eq!(s.step_in_flight(0, 0, 0), (false, 0), "idle");
         let mut held = 0;
-        while step(&mut p, 2, 50_000_000, 1).0 || held == 0 {
+        while s.step_in_flight(2, 50_000_000, 1).0 || held == 0 {
             held += 1;
             assert!(held <= PROBE_INTERVALS + 1, "re-probed more than once");
         }
-        assert_eq!(p.rate(), START_RATE);
+        assert_eq!(s.p.rate(), START_RATE);
         // Completions that waited half an interval in all start a probe
         // by themselves (no request in flight at either tick).
-        let mut p = Pacer::new((0, 0));
-        step(&mut p, 0, 0, 0);
+        let mut s = Sim::new();
+        s.step_in_flight(0, 0, 0);
         assert!(
-            step(&mut p, 3, 30_000_000, 0).0,
+            s.step_in_flight(3, 30_000_000, 0).0,
             "90 ms of waiting must start a probe"
         );
     }
 
     #[test]
     fn a_stuck_request_does_not_stop_the_copy() {
-        let mut p = Pacer::new((0, 0));
-        let mut t = Instant::now();
-        let mut step = |p: &mut Pacer, in_flight: u64| {
-            t += INTERVAL;
-            p.tick(t, (0, 0), in_flight);
-            p.holds_copy()
-        };
+        let mut s = Sim::new();
+        let mut step = |in_flight: u64| s.step_in_flight(0, 0, in_flight).0;
         // One request outstanding, never completing (a hung device, a long
         // flush): the pacer looks at most MAX_REPROBES + 1 times ...
-        step(&mut p, 1);
+        step(1);
         let mut held = 0;
         for _ in 0..(MAX_REPROBES + 2) * PROBE_INTERVALS {
-            held += u32::from(step(&mut p, 1));
+            held += u32::from(step(1));
         }
         assert_eq!(held, (MAX_REPROBES + 1) * PROBE_INTERVALS);
         // ... and then lets the copy run while the request stays stuck.
         for i in 0..50 {
-            assert!(!step(&mut p, 1), "copy held again {i} intervals later");
+            assert!(!step(1), "copy held again {i} intervals later");
         }
-        assert_eq!(p.rate(), 0);
+        assert_eq!(s.p.rate(), 0);
     }
 
     #[test]
     fn a_late_tick_judges_nothing() {
-        let mut s = Sim {
-            p: Pacer::new((0, 0)),
-            t: Instant::now(),
-            totals: (0, 0),
-        };
+        let mut s = Sim::new();
         for _ in 0..=PROBE_INTERVALS {
             s.step(1000, 100_000);
         }
@@ -487,11 +473,7 @@ mod tests {
 
     #[test]
     fn probes_again_after_a_while() {
-        let mut s = Sim {
-            p: Pacer::new((0, 0)),
-            t: Instant::now(),
-            totals: (0, 0),
-        };
+        let mut s = Sim::new();
         for _ in 0..=PROBE_INTERVALS {
             s.step(1000, 100_000);
         }
