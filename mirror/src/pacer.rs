@@ -41,14 +41,16 @@ const STALE: Duration = Duration::from_millis(500);
 const PROBE_INTERVALS: u32 = 4;
 /// How often the baseline is measured again.
 const REPROBE: Duration = Duration::from_secs(10);
-/// The baseline is the median of the last BASELINES probes (the lower of
-/// two), each remembered for BASELINE_MEMORY: a probe that a device stall
+/// A probe's result is remembered for BASELINE_MEMORY, the last BASELINES
+/// of them, and the baseline is the lower of the new result and the median
+/// of those remembered (the lower of two): a probe that a device stall
 /// happens to hit measures the stall, and taken alone it would leave the
 /// guest unprotected until the next probe (traced on 2026-12-03: baselines
 /// of 125 µs, then 2768 µs for 10 s, then 131 µs; in half of 15 traced runs
-/// one probe came out 2-20x off its neighbours). A guest that really
-/// changes is followed after two probes; until then it is protected more,
-/// not less.
+/// one probe came out 2-20x off its neighbours). A stall only makes a probe
+/// slower, so a lower result is taken at once (a guest that got faster,
+/// the end of a long stall); a higher one when two of the last three
+/// agree (a guest that got slower is meanwhile protected more, not less).
 const BASELINES: usize = 3;
 const BASELINE_MEMORY: Duration = Duration::from_secs(35);
 /// An interval with fewer guest requests than this says nothing, unless
@@ -315,18 +317,26 @@ impl Pacer {
         );
     }
 
-    /// Remember a probe's result; the baseline to pace against now.
+    /// Remember a probe's result (mean ns per request); the baseline to
+    /// pace against now (see BASELINES).
     fn learn_baseline(&mut self, now: Instant, ns: f64) -> f64 {
+        // No device completes a request in under a microsecond; a zero
+        // baseline would halve the rate at every interval.
+        let ns = ns.max(1000.0);
         self.baselines
             .retain(|&(t, _)| now.duration_since(t) < BASELINE_MEMORY);
         if self.baselines.len() == BASELINES {
             self.baselines.pop_front();
         }
         self.baselines.push_back((now, ns));
-        let mut v: Vec<f64> = self.baselines.iter().map(|&(_, b)| b).collect();
-        v.sort_by(f64::total_cmp);
+        let mut v = [f64::INFINITY; BASELINES];
+        for (slot, &(_, b)) in v.iter_mut().zip(&self.baselines) {
+            *slot = b;
+        }
+        let n = self.baselines.len();
+        v[..n].sort_by(f64::total_cmp);
         // One: itself; two: the lower; three: the middle one.
-        v[(v.len() - 1) / 2]
+        v[(n - 1) / 2].min(ns)
     }
 
     /// The baseline paced against, if pacing.
@@ -543,21 +553,32 @@ mod tests {
         // A guest that really slowed down is followed at the next probe.
         reprobe(&mut s, 2_000_000, 2_000_000);
         assert_eq!(s.p.baseline_ns(), Some(2_000_000.0));
-        // A faster guest too, once two of the last three probes agree.
+        // A faster one at once (a stall only makes a probe slower), with
+        // two slower probes still remembered.
         reprobe(&mut s, 2_000_000, 100_000);
-        assert_eq!(s.p.baseline_ns(), Some(2_000_000.0));
-        reprobe(&mut s, 100_000, 100_000);
         assert_eq!(s.p.baseline_ns(), Some(100_000.0));
-        // Old probes are forgotten: after a long quiet spell the first
-        // probe stands alone.
-        s.step(0, 0);
-        s.t += BASELINE_MEMORY;
-        s.step(0, 0);
-        s.step(0, 0);
-        for _ in 0..=PROBE_INTERVALS {
-            s.step(1000, 700_000);
-        }
-        assert_eq!(s.p.baseline_ns(), Some(700_000.0));
+        // A quiet spell shorter than BASELINE_MEMORY: the last probe is
+        // remembered, so a stalled one after it does not count alone ...
+        let probe_after = |s: &mut Sim, gap: Duration, ns: u64| {
+            s.step(0, 0);
+            s.t += gap;
+            s.step(0, 0);
+            s.step(0, 0);
+            for _ in 0..=PROBE_INTERVALS {
+                s.step(1000, ns);
+            }
+            assert!(!s.p.holds_copy());
+        };
+        probe_after(&mut s, BASELINE_MEMORY - Duration::from_secs(2), 2_000_000);
+        assert_eq!(s.p.baseline_ns(), Some(100_000.0));
+        // ... and after a longer one the first probe stands alone, even a
+        // slower one (remembered, the 2 ms or 100 µs would win).
+        probe_after(&mut s, BASELINE_MEMORY, 3_000_000);
+        assert_eq!(s.p.baseline_ns(), Some(3_000_000.0));
+        // A probe that measured nothing slower than nothing is no baseline
+        // of zero.
+        probe_after(&mut s, BASELINE_MEMORY, 0);
+        assert_eq!(s.p.baseline_ns(), Some(1000.0));
     }
 
     #[test]
