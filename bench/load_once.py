@@ -7,7 +7,7 @@ builds (alternate them: the disk drifts from minute to minute).
         [--load-secs 55] [--baseline-secs 25]
 
 WORKLOAD is a name from fio-configs/ (e.g. randwrite-4k-qd16). Runs on
-$RINGMIRROR_BENCH_DIR/dense.img (made by bench/mirror.sh), writes the run's
+$RINGMIRROR_BENCH_DIR/dense.img (made if missing, as bench/mirror.sh does), writes the run's
 record (windows, IOPS, latency, daemon CPU and RSS, verification) to OUT.json
 and prints a one-line summary.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mirror_vs_qsd as m  # noqa: E402
 from lib.common import drop_caches, scratch_dir  # noqa: E402
+from lib.images import ensure_dense  # noqa: E402
 
 
 def main():
@@ -32,9 +33,7 @@ def main():
     ap.add_argument("--baseline-secs", type=int, default=25)
     a = ap.parse_args()
     d = scratch_dir()
-    src = d / "dense.img"
-    if not src.exists():
-        sys.exit(f"load_once: {src} does not exist; run bench/mirror.sh once to make it")
+    src = ensure_dense(d / "dense.img")
     drop_caches()
     mode = None if a.mode == "none" else a.mode
     r = m.run_load(a.kind, mode, a.workload, src, d, src.stat().st_size,

@@ -7,8 +7,9 @@
 //! learns the guest's latency undisturbed (the baseline). Then every
 //! interval it compares the guest's mean latency with the baseline: above
 //! `SLOWDOWN` times the baseline the rate halves, below it grows by a step.
-//! It probes again every `REPROBE`, since guests change; the baseline is the
-//! median of the last three probes, since devices stall. Without guest I/O
+//! It probes again every `REPROBE`, since guests change; since devices
+//! stall, the baseline is the new probe's result or, if that is higher, the
+//! median of the last three (see `BASELINES`). Without guest I/O
 //! the copy is unlimited.
 //!
 //! ```text
