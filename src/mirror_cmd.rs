@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use ringmirror_engine::{DeviceOpener, EngineConfig, OpenOptions};
-use ringmirror_mirror::{CopyMode, Disk, JobEvent, MirrorJob, MirrorOptions, SyncMode};
+use ringmirror_mirror::{CopyMode, Disk, GuestShare, JobEvent, MirrorJob, MirrorOptions, SyncMode};
 use serde_json::{json, Value};
 
 use crate::progress::Progress;
@@ -53,6 +53,12 @@ pub struct MirrorArgs {
     /// background or write-blocking.
     #[arg(long, default_value = "background", value_parser = ["background", "write-blocking"])]
     pub copy_mode: String,
+    /// Percent of its speed a busy guest keeps beside the background copy
+    /// (0-100, 0 = no pacing; ringmirror only, sent as `x-guest-share`).
+    /// Default: automatic, about 87%, lending the copy more (down to 50%)
+    /// if it stops converging.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub guest_share: Option<u8>,
     /// Switch to the target as soon as it is in sync.
     #[arg(long)]
     pub complete_when_ready: bool,
@@ -178,6 +184,9 @@ pub fn run(args: MirrorArgs) -> Result<(), CliError> {
         if let Some(b) = args.buf_size {
             a["buf-size"] = json!(b);
         }
+        if let Some(p) = args.guest_share {
+            a["x-guest-share"] = json!(p);
+        }
         client
             .execute("blockdev-mirror", a)
             .map_err(|e| CliError::msg(format!("blockdev-mirror failed: {e}")))?;
@@ -215,6 +224,12 @@ pub fn run(args: MirrorArgs) -> Result<(), CliError> {
         if let Some(b) = args.buf_size {
             o.buf_size = b;
         }
+        if let Some(share) = args
+            .guest_share
+            .and_then(|p| GuestShare::from_percent(p.into()))
+        {
+            o.guest_share = share;
+        }
         let (tx, rx) = crossbeam_channel::unbounded();
         let sink: ringmirror_mirror::EventSink = Arc::new(move |e: &JobEvent| {
             let _ = tx.send(e.clone());
@@ -229,6 +244,7 @@ pub fn run(args: MirrorArgs) -> Result<(), CliError> {
     let mut ready_at: Option<f64> = None;
     let mut handled_interrupts = 0;
     let mut completed_asked = false;
+    let mut missing = 0;
     loop {
         let n = interrupts.load(Ordering::SeqCst);
         if n > handled_interrupts {
@@ -297,8 +313,24 @@ pub fn run(args: MirrorArgs) -> Result<(), CliError> {
                 _ => {}
             }
         }
-        if let Some(s) = snap {
-            progress.update(s.offset, s.len.max(1), &s.status);
+        match snap {
+            Some(s) => {
+                missing = 0;
+                progress.update(s.offset, s.len.max(1), &s.status);
+            }
+            // Not listed and no end event: once may be the end event still
+            // on its way (it is read at the next poll); twice, the job went
+            // away unseen (another client dismissed it).
+            None => {
+                missing += 1;
+                if missing >= 2 {
+                    progress.finish();
+                    return Err(CliError::msg(format!(
+                        "job '{}' disappeared without a COMPLETED or CANCELLED event",
+                        args.job_id
+                    )));
+                }
+            }
         }
     }
 }

@@ -46,9 +46,11 @@ impl QmpClient {
             pending_events: Vec::new(),
             next_id: 0,
         };
-        let greeting =
-            c.rx.recv_timeout(Duration::from_secs(10))
-                .map_err(|_| "no QMP greeting within 10 s".to_string())?;
+        let greeting = c.rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+            "no QMP greeting within 10 s (a QEMU monitor serves one client at a \
+                     time: is another one connected?)"
+                .to_string()
+        })?;
         if greeting.get("QMP").is_none() {
             return Err(format!("not a QMP monitor (greeting: {greeting})"));
         }

@@ -154,6 +154,8 @@ scenarios! {
     drive_mirror,
     nonblank_target,
     quit_during_job,
+    guest_share,
+    mirror_cli,
     // sc_errors.py: refusals, hostile monitor input, several monitor clients
     wrong_verbs,
     bad_input,

@@ -35,7 +35,7 @@ use crate::disk::Disk;
 use crate::events::{ErrorAction, IoOperation, JobEvent, Progress};
 use crate::job::{JobError, JobShared};
 use crate::link::JobLink;
-use crate::options::{CopyMode, ErrorPolicy};
+use crate::options::{CopyMode, ErrorPolicy, GuestShare};
 use crate::pacer::Pacer;
 use crate::state::{JobStatus, Verb};
 
@@ -43,6 +43,7 @@ use crate::state::{JobStatus, Verb};
 pub(crate) enum Cmd {
     Verb(Verb),
     SetSpeed(u64),
+    SetGuestShare(GuestShare),
     ChangeMode(CopyMode),
     Cancel { force: bool },
 }
@@ -171,6 +172,7 @@ pub(crate) struct Coordinator {
     chunk_clusters: u64,
     last_rate: (Instant, u64, u64),
     pacer: Pacer,
+    guest_share: GuestShare,
     /// The target read as zeroes at start (`target-is-zero`, or it was one
     /// big hole): zero ranges need not be written where the job never wrote.
     target_zero: bool,
@@ -248,7 +250,8 @@ impl Coordinator {
         if speed > 0 {
             chunk = chunk.min((speed / 10).max(g));
         }
-        let pacer = Pacer::new(disk.guest_io_totals());
+        let guest_share = sh.opts.guest_share;
+        let pacer = Pacer::new(disk.guest_io_totals(), guest_share);
         let target_zero = sh.opts.target_is_zero || is_all_hole(&*target);
         Coordinator {
             limiter: RateLimiter::new(speed, Duration::from_millis(10)),
@@ -278,6 +281,7 @@ impl Coordinator {
             retry_after: None,
             last_rate: (Instant::now(), 0, 0),
             pacer,
+            guest_share,
             target_zero,
             convergence: (Instant::now(), u64::MAX),
             hold_since: Instant::now(),
@@ -323,6 +327,7 @@ impl Coordinator {
         s.io_status = self.io_status;
         s.error = self.error.clone();
         s.speed = self.limiter.rate();
+        s.guest_share = self.guest_share;
         s.copy_mode = if self.link.is_write_blocking() {
             CopyMode::WriteBlocking
         } else {
@@ -1092,6 +1097,18 @@ impl Coordinator {
                 }
                 self.chunk_clusters = (chunk / g).max(1);
                 self.retry_after = None;
+                Ok(())
+            }
+            Cmd::SetGuestShare(share) => {
+                self.check(Verb::SetSpeed)?;
+                if let Some(e) = share.invalid() {
+                    return Err(JobError::Refused(e));
+                }
+                self.guest_share = share;
+                self.pacer.set_share(share);
+                self.pace.set_rate(self.pacer.rate());
+                self.retry_after = None;
+                self.publish();
                 Ok(())
             }
             Cmd::ChangeMode(mode) => {

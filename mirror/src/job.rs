@@ -16,7 +16,9 @@ use crate::coordinator::{Cmd, Coordinator, Msg};
 use crate::disk::Disk;
 use crate::events::{BlockJobInfo, JobEvent};
 use crate::link::JobLink;
-use crate::options::{CopyMode, MirrorOptions, SyncMode, MAX_GRANULARITY, MIN_GRANULARITY};
+use crate::options::{
+    CopyMode, GuestShare, MirrorOptions, SyncMode, MAX_GRANULARITY, MIN_GRANULARITY,
+};
 
 use crate::state::{JobStatus, Verb};
 
@@ -88,6 +90,7 @@ pub(crate) struct Snapshot {
     pub(crate) error: Option<String>,
     pub(crate) speed: u64,
     pub(crate) copy_mode: CopyMode,
+    pub(crate) guest_share: GuestShare,
     pub(crate) actively_synced: bool,
 }
 
@@ -156,6 +159,9 @@ fn validate(opts: &MirrorOptions) -> Result<(), MirrorError> {
     }
     if opts.job_id.is_empty() {
         return Err(MirrorError::InvalidOption("Invalid job ID ''".into()));
+    }
+    if let Some(e) = opts.guest_share.invalid() {
+        return Err(MirrorError::InvalidOption(e));
     }
     Ok(())
 }
@@ -232,6 +238,7 @@ impl MirrorJob {
                 error: None,
                 speed: opts.speed,
                 copy_mode: opts.copy_mode,
+                guest_share: opts.guest_share,
                 actively_synced: false,
             }),
             changed: Condvar::new(),
@@ -317,6 +324,20 @@ impl MirrorJob {
     /// Change the speed limit (bytes/s, 0 = unlimited).
     pub fn set_speed(&self, speed: u64) -> Result<(), JobError> {
         self.command(Cmd::SetSpeed(speed))
+    }
+
+    /// Change how much of its speed a busy guest keeps beside the
+    /// background copy (see [`GuestShare`]); legal where `set_speed` is.
+    /// The pacer starts afresh from the new share: a job that does not
+    /// converge under a flush-heavy guest can be let take more (a lower
+    /// percentage, or [`GuestShare::Unpaced`]).
+    pub fn set_guest_share(&self, share: GuestShare) -> Result<(), JobError> {
+        self.command(Cmd::SetGuestShare(share))
+    }
+
+    /// The guest share in force.
+    pub fn guest_share(&self) -> GuestShare {
+        self.shared.snapshot.lock().guest_share
     }
 
     /// Change the copy mode (only background → write-blocking is supported).

@@ -47,7 +47,7 @@ pub use disk::{Disk, DiskBusy, DiskOp};
 pub use events::{BlockJobInfo, ErrorAction, IoOperation, JobEvent, Progress};
 pub use job::{EventSink, JobError, MirrorError, MirrorJob, Rates};
 pub use options::{
-    CopyMode, ErrorPolicy, MirrorOptions, SyncMode, DEFAULT_BUF_SIZE, DEFAULT_GRANULARITY,
-    MAX_GRANULARITY, MIN_GRANULARITY,
+    CopyMode, ErrorPolicy, GuestShare, MirrorOptions, SyncMode, DEFAULT_BUF_SIZE,
+    DEFAULT_GRANULARITY, MAX_GRANULARITY, MIN_GRANULARITY,
 };
 pub use state::{JobStatus, Verb};

@@ -105,6 +105,53 @@ impl fmt::Display for ErrorPolicy {
     }
 }
 
+/// How much of its speed a guest keeps while the job copies beside it
+/// (the background copy's pacing; write-blocking guest writes are not
+/// paced, they wait for the target by design).
+///
+/// The job measures the guest's latency with the copy stopped (its
+/// baseline) and slows the copy whenever the guest's mean latency rises
+/// above `100 / percent` times that. At a fixed queue depth a guest's
+/// IOPS are its depth over its latency, so it keeps about that percentage
+/// of its speed. This is not a QEMU option (QEMU does not pace the copy:
+/// it behaves like [`GuestShare::Unpaced`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GuestShare {
+    /// Keep about 87% (latency within 1.15x of the baseline). A job whose
+    /// bytes left stop shrinking lends the copy more, step by step down to
+    /// 50%, and gives it back if even that does not help.
+    #[default]
+    Auto,
+    /// Keep about this percentage (1..=100), never less for the sake of
+    /// convergence: a guest that writes faster than the copy may go keeps
+    /// the job from READY (switch to write-blocking, or lower the share).
+    /// 100 keeps the copy at its floor (4 MiB/s) while the guest is busy.
+    Percent(u8),
+    /// No pacing: copy as fast as the disk allows, like QEMU.
+    Unpaced,
+}
+
+impl GuestShare {
+    /// From QMP's `x-guest-share`: 0 is unpaced, 1..=100 a percentage.
+    pub fn from_percent(p: u64) -> Option<GuestShare> {
+        match p {
+            0 => Some(GuestShare::Unpaced),
+            1..=100 => Some(GuestShare::Percent(p as u8)),
+            _ => None,
+        }
+    }
+
+    /// Why this share is not valid (`Percent` outside 1..=100).
+    pub(crate) fn invalid(self) -> Option<String> {
+        match self {
+            GuestShare::Percent(p) if !(1..=100).contains(&p) => Some(format!(
+                "Parameter 'x-guest-share' expects a percentage from 1 to 100, not {p}"
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Default dirty-tracking granularity (QEMU's default for raw images).
 pub const DEFAULT_GRANULARITY: u64 = 64 << 10;
 /// Default bytes in flight.
@@ -139,6 +186,9 @@ pub struct MirrorOptions {
     pub auto_finalize: bool,
     /// Disappear once concluded without waiting for `dismiss`.
     pub auto_dismiss: bool,
+    /// How much of its speed a busy guest keeps beside the background copy
+    /// (ringmirror's `x-guest-share`; changeable while the job runs).
+    pub guest_share: GuestShare,
 }
 
 impl MirrorOptions {
@@ -156,6 +206,7 @@ impl MirrorOptions {
             target_is_zero: false,
             auto_finalize: true,
             auto_dismiss: true,
+            guest_share: GuestShare::Auto,
         }
     }
 }

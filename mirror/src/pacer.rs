@@ -22,6 +22,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::options::GuestShare;
+
 /// Guest latency may rise to this multiple of its baseline: at a fixed
 /// queue depth the guest keeps about 1 / SLOWDOWN of its IOPS. A job that
 /// stops converging raises its allowance (`relax`), up to MAX_SLOWDOWN; if
@@ -29,6 +31,8 @@ use std::time::{Duration, Instant};
 /// disk can copy behind, and the guest gets SLOWDOWN back for RELAX_HOLD
 /// before the next try (slowing it further would cost the guest and buy
 /// nothing). A job that shrinks slowly keeps MAX_SLOWDOWN: it converges.
+/// These are [`GuestShare::Auto`]'s; a set percentage is both the start
+/// and the limit, and [`GuestShare::Unpaced`] turns the pacer off.
 const SLOWDOWN: f64 = 1.15;
 const MAX_SLOWDOWN: f64 = 2.0;
 const RELAX_HOLD: Duration = Duration::from_secs(60);
@@ -87,6 +91,12 @@ enum State {
 pub(crate) struct Pacer {
     state: State,
     slowdown: f64,
+    /// The allowance to start from and to return to, and the most relaxing
+    /// may reach (from the job's [`GuestShare`]).
+    base_slowdown: f64,
+    max_slowdown: f64,
+    /// `GuestShare::Unpaced`: never probe, never limit.
+    off: bool,
     /// After a relaxation that did not help: no new one before this.
     relax_hold_until: Option<Instant>,
     rate: u64,
@@ -115,11 +125,14 @@ pub(crate) const TRACE_ENV: &str = "RINGMIRROR_TRACE_PACER";
 
 impl Pacer {
     /// A pacer starting from the guest's running totals `(ops, latency_ns)`.
-    pub(crate) fn new(totals: (u64, u64)) -> Pacer {
+    pub(crate) fn new(totals: (u64, u64), share: GuestShare) -> Pacer {
         let now = Instant::now();
-        Pacer {
+        let mut p = Pacer {
             state: State::Idle,
             slowdown: SLOWDOWN,
+            base_slowdown: SLOWDOWN,
+            max_slowdown: MAX_SLOWDOWN,
+            off: false,
             relax_hold_until: None,
             rate: 0,
             last_at: now,
@@ -131,6 +144,33 @@ impl Pacer {
             stuck_until: None,
             baselines: VecDeque::with_capacity(BASELINES),
             trace: std::env::var_os(TRACE_ENV).map(|_| now),
+        };
+        p.set_share(share);
+        p
+    }
+
+    /// Take a new guest share (at start, or `set_guest_share` while the job
+    /// runs): the allowance starts afresh from it. A guest being paced
+    /// stays paced against its baseline; turning pacing off lets the copy
+    /// go at once, turning it on starts from idle (a probe follows at the
+    /// next busy interval).
+    pub(crate) fn set_share(&mut self, share: GuestShare) {
+        let (base, max, off) = match share {
+            GuestShare::Auto => (SLOWDOWN, MAX_SLOWDOWN, false),
+            GuestShare::Percent(p) => {
+                let s = 100.0 / f64::from(p.clamp(1, 100));
+                (s, s, false)
+            }
+            GuestShare::Unpaced => (SLOWDOWN, SLOWDOWN, true),
+        };
+        self.base_slowdown = base;
+        self.max_slowdown = max;
+        self.slowdown = base;
+        self.relax_hold_until = None;
+        self.off = off;
+        if off {
+            self.state = State::Idle;
+            self.rate = 0;
         }
     }
 
@@ -149,25 +189,29 @@ impl Pacer {
     /// left did not shrink at all (`stalled`), give the guest its allowance
     /// back for RELAX_HOLD (see MAX_SLOWDOWN).
     pub(crate) fn relax(&mut self, now: Instant, stalled: bool) {
+        if self.max_slowdown <= self.base_slowdown {
+            // A share the user set: never less for the sake of convergence.
+            return;
+        }
         if let Some(until) = self.relax_hold_until {
             if now < until {
                 return;
             }
             self.relax_hold_until = None;
         }
-        if self.slowdown >= MAX_SLOWDOWN {
+        if self.slowdown >= self.max_slowdown {
             if stalled {
-                self.slowdown = SLOWDOWN;
+                self.slowdown = self.base_slowdown;
                 self.relax_hold_until = Some(now + RELAX_HOLD);
             }
         } else {
-            self.slowdown = (self.slowdown + 0.25).min(MAX_SLOWDOWN);
+            self.slowdown = (self.slowdown + 0.25).min(self.max_slowdown);
         }
     }
 
     /// Back to the gentlest allowance (once in sync).
     pub(crate) fn reset_allowance(&mut self) {
-        self.slowdown = SLOWDOWN;
+        self.slowdown = self.base_slowdown;
         self.relax_hold_until = None;
     }
 
@@ -197,6 +241,9 @@ impl Pacer {
         self.last = totals;
         self.last_at = now;
         self.last_in_flight = in_flight;
+        if self.off {
+            return;
+        }
         if elapsed > STALE {
             // Not ticked for a while (paused, or guest I/O held for READY
             // or the switch): the totals span more than an interval and
@@ -372,7 +419,7 @@ mod tests {
     impl Sim {
         fn new() -> Sim {
             Sim {
-                p: Pacer::new((0, 0)),
+                p: Pacer::new((0, 0), GuestShare::Auto),
                 t: Instant::now(),
                 totals: (0, 0),
             }
@@ -595,6 +642,67 @@ mod tests {
         }
         assert!(probed, "no new probe within REPROBE");
     }
+
+    /// Learn a 100 µs baseline (a busy interval, then the probe).
+    fn pace_at_100us(s: &mut Sim) {
+        assert!(s.step(1000, 100_000).0, "a busy guest starts a probe");
+        for _ in 0..PROBE_INTERVALS {
+            s.step(1000, 100_000);
+        }
+        assert_eq!(s.p.baseline_ns(), Some(100_000.0));
+        assert_eq!(s.p.rate(), START_RATE);
+    }
+
+    #[test]
+    fn a_set_share_is_the_latency_allowance() {
+        // 50%: the guest's latency may double.
+        let mut s = Sim::new();
+        s.p.set_share(GuestShare::Percent(50));
+        pace_at_100us(&mut s);
+        assert_eq!(s.step(1000, 190_000).1, START_RATE + STEP);
+        assert_eq!(s.step(1000, 210_000).1, (START_RATE + STEP) / 2);
+        // Auto at the same latencies: 1.9x is far too slow already.
+        let mut s = Sim::new();
+        pace_at_100us(&mut s);
+        assert_eq!(s.step(1000, 190_000).1, START_RATE / 2);
+        assert_eq!(s.step(1000, 112_000).1, START_RATE / 2 + STEP);
+        // 100%: any slowdown at all halves the rate.
+        let mut s = Sim::new();
+        s.p.set_share(GuestShare::Percent(100));
+        pace_at_100us(&mut s);
+        assert_eq!(s.step(1000, 101_000).1, START_RATE / 2);
+        assert_eq!(s.step(1000, 100_000).1, START_RATE / 2 + STEP);
+    }
+
+    #[test]
+    fn unpaced_never_stops_or_limits_the_copy() {
+        let mut s = Sim::new();
+        s.p.set_share(GuestShare::Unpaced);
+        for _ in 0..200 {
+            assert_eq!(s.step(1000, 5_000_000), (false, 0));
+            assert_eq!(s.step_in_flight(0, 0, 16), (false, 0), "starved");
+        }
+    }
+
+    #[test]
+    fn changing_the_share_while_pacing() {
+        let mut s = Sim::new();
+        pace_at_100us(&mut s);
+        assert_eq!(s.step(1000, 300_000).1, START_RATE / 2);
+        // Off: the copy goes at once, whatever the guest sees.
+        s.p.set_share(GuestShare::Unpaced);
+        assert_eq!((s.p.holds_copy(), s.p.rate()), (false, 0));
+        assert_eq!(s.step(1000, 300_000), (false, 0));
+        // On again: the next busy interval starts a probe, then pacing.
+        s.p.set_share(GuestShare::Auto);
+        pace_at_100us(&mut s);
+        // A new percentage keeps the baseline and applies from the next
+        // interval.
+        s.p.set_share(GuestShare::Percent(25));
+        assert_eq!(s.p.baseline_ns(), Some(100_000.0));
+        assert_eq!(s.step(1000, 390_000).1, START_RATE + STEP);
+        assert_eq!(s.step(1000, 410_000).1, (START_RATE + STEP) / 2);
+    }
 }
 
 #[cfg(test)]
@@ -613,7 +721,7 @@ mod relax_tests {
 
     #[test]
     fn relaxing_is_bounded_and_resets() {
-        let mut p = Pacer::new((0, 0));
+        let mut p = Pacer::new((0, 0), GuestShare::Auto);
         let t0 = Instant::now();
         relax_to_max(&mut p, t0);
         p.reset_allowance();
@@ -622,7 +730,7 @@ mod relax_tests {
 
     #[test]
     fn relaxing_that_does_not_help_gives_the_guest_its_allowance_back() {
-        let mut p = Pacer::new((0, 0));
+        let mut p = Pacer::new((0, 0), GuestShare::Auto);
         let t0 = Instant::now();
         relax_to_max(&mut p, t0);
         // Shrinking, if slowly, at the most it may slow the guest: stay.
@@ -644,5 +752,21 @@ mod relax_tests {
         p.reset_allowance();
         p.relax(t0 + RELAX_HOLD, true);
         assert_eq!(p.allowance(), SLOWDOWN + 0.25);
+    }
+
+    #[test]
+    fn a_set_share_is_never_relaxed() {
+        let mut p = Pacer::new((0, 0), GuestShare::Percent(80));
+        let t0 = Instant::now();
+        for stalled in [false, true, true, false] {
+            p.relax(t0, stalled);
+            assert_eq!(p.allowance(), 1.25);
+        }
+        p.reset_allowance();
+        assert_eq!(p.allowance(), 1.25);
+        // Back to Auto: relaxing works again, from Auto's start.
+        p.set_share(GuestShare::Auto);
+        assert_eq!(p.allowance(), SLOWDOWN);
+        relax_to_max(&mut p, t0);
     }
 }

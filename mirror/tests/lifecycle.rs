@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use ringmirror_engine::{BlockDevice, BlockDeviceExt, DmaBuf};
 use ringmirror_mirror::{
-    CopyMode, Disk, DiskOp, JobError, JobEvent, JobStatus, MirrorError, MirrorOptions, SyncMode,
+    CopyMode, Disk, DiskOp, GuestShare, JobError, JobEvent, JobStatus, MirrorError, MirrorOptions,
+    SyncMode,
 };
 use ringmirror_testkit::{assert_files_equal, random_bytes};
 
@@ -710,4 +711,61 @@ fn force_cancel_under_a_busy_guest_ends_promptly() {
         };
         assert_eq!(ev.statuses(), expect, "{mode:?}");
     }
+}
+
+#[test]
+fn guest_share_is_checked_changed_and_reported() {
+    let size = 16u64 << 20;
+    let s = setup("m-share", size as usize, 8);
+    for p in [0u8, 101] {
+        let mut o = MirrorOptions::new("job0");
+        o.guest_share = GuestShare::Percent(p);
+        assert_eq!(
+            start(&s, o).unwrap_err(),
+            MirrorError::InvalidOption(format!(
+                "Parameter 'x-guest-share' expects a percentage from 1 to 100, not {p}"
+            ))
+        );
+        assert_eq!(s.disk.job_id(), None, "a refused job left the disk busy");
+    }
+    let mut o = MirrorOptions::new("job0");
+    o.guest_share = GuestShare::Unpaced;
+    let (job, mut ev) = start(&s, o).unwrap();
+    assert_eq!(job.guest_share(), GuestShare::Unpaced);
+    // Unpaced, the copy runs flat out beside a guest that never idles.
+    let guest = BusyGuest::start(&s.disk, size, 9);
+    ev.wait("BLOCK_JOB_READY", T);
+    job.set_guest_share(GuestShare::Percent(40)).unwrap();
+    assert_eq!(job.guest_share(), GuestShare::Percent(40));
+    assert_eq!(
+        job.set_guest_share(GuestShare::Percent(0)).unwrap_err(),
+        JobError::Refused(
+            "Parameter 'x-guest-share' expects a percentage from 1 to 100, not 0".into()
+        )
+    );
+    assert_eq!(
+        job.guest_share(),
+        GuestShare::Percent(40),
+        "a refused share stuck"
+    );
+    job.set_guest_share(GuestShare::Auto).unwrap();
+    assert_eq!(job.guest_share(), GuestShare::Auto);
+    // Paused (standby), the share can still be changed, as the speed can.
+    job.pause().unwrap();
+    ev.wait_status(Standby, T);
+    job.set_guest_share(GuestShare::Percent(90)).unwrap();
+    job.resume().unwrap();
+    guest.stop();
+    job.complete().unwrap();
+    let done = ev.wait("BLOCK_JOB_COMPLETED", T);
+    assert!(
+        matches!(done, JobEvent::Completed { error: None, .. }),
+        "{done:?}"
+    );
+    ev.wait_status(Null, T);
+    assert_files_equal(&s.src_path, &s.dst_path);
+    assert_eq!(
+        job.set_guest_share(GuestShare::Auto).unwrap_err(),
+        JobError::Gone("job0".into())
+    );
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use ringmirror_engine::{BlockDevice, OpenOptions};
 use ringmirror_mirror::{
-    CopyMode, ErrorPolicy, JobError, JobEvent, JobStatus, MirrorError, MirrorJob, MirrorOptions,
-    SyncMode,
+    CopyMode, ErrorPolicy, GuestShare, JobError, JobEvent, JobStatus, MirrorError, MirrorJob,
+    MirrorOptions, SyncMode,
 };
 use ringmirror_qmp::{Args, Emitter, QmpError};
 use serde_json::Value;
@@ -37,6 +37,21 @@ struct Common {
     auto_finalize: bool,
     auto_dismiss: bool,
     target_is_zero: bool,
+    guest_share: GuestShare,
+}
+
+/// ringmirror's `x-guest-share`: 0 (no pacing) or a percentage; absent, the
+/// automatic share.
+fn guest_share(v: Option<i64>) -> Result<GuestShare, QmpError> {
+    match v {
+        None => Ok(GuestShare::Auto),
+        Some(p) => u64::try_from(p)
+            .ok()
+            .and_then(GuestShare::from_percent)
+            .ok_or_else(|| {
+                QmpError::invalid_parameter_value("x-guest-share", "a percentage from 0 to 100")
+            }),
+    }
 }
 
 fn mirror_common(args: &mut Args) -> Result<Common, QmpError> {
@@ -65,6 +80,7 @@ fn mirror_common(args: &mut Args) -> Result<Common, QmpError> {
     let auto_dismiss = args.opt_bool("auto-dismiss")?.unwrap_or(true);
     let _ = args.opt_str("filter-node-name")?;
     let target_is_zero = args.opt_bool("target-is-zero")?.unwrap_or(false);
+    let guest_share = guest_share(args.opt_i64("x-guest-share")?)?;
     Ok(Common {
         speed,
         granularity,
@@ -75,6 +91,7 @@ fn mirror_common(args: &mut Args) -> Result<Common, QmpError> {
         auto_finalize,
         auto_dismiss,
         target_is_zero,
+        guest_share,
     })
 }
 
@@ -128,6 +145,7 @@ fn start(
     opts.auto_finalize = c.auto_finalize;
     opts.auto_dismiss = c.auto_dismiss;
     opts.target_is_zero = c.target_is_zero;
+    opts.guest_share = c.guest_share;
 
     let (disk, target_dev) = {
         let mut st = state.lock();
@@ -333,7 +351,8 @@ fn run(
 
 /// The `block-job-*` and `job-*` verbs.
 pub fn verb(state: &Mutex<State>, command: &str, mut args: Args) -> Result<Value, QmpError> {
-    let (fam, key) = if command.starts_with("block-job-")
+    let (fam, key) = if (command.starts_with("block-job-")
+        || command == "x-block-job-set-guest-share")
         && !matches!(
             command,
             "block-job-finalize" | "block-job-dismiss" | "block-job-change"
@@ -357,6 +376,15 @@ pub fn verb(state: &Mutex<State>, command: &str, mut args: Args) -> Result<Value
                 ));
             }
             run(job, |j| j.set_speed(speed as u64))
+        }
+        "x-block-job-set-guest-share" => {
+            let share = args.req_i64("share")?;
+            args.finish()?;
+            let job = find(state, &id, fam)?;
+            let share = guest_share(Some(share)).map_err(|_| {
+                QmpError::invalid_parameter_value("share", "a percentage from 0 to 100")
+            })?;
+            run(job, |j| j.set_guest_share(share))
         }
         "block-job-cancel" => {
             let force = args.opt_bool("force")?.unwrap_or(false);

@@ -60,6 +60,7 @@ const COMMANDS: &[&str] = &[
     "blockdev-mirror",
     "drive-mirror",
     "block-job-set-speed",
+    "x-block-job-set-guest-share",
     "block-job-pause",
     "block-job-resume",
     "block-job-cancel",
@@ -112,7 +113,10 @@ impl Handler for Daemon {
             "drive-mirror" => return jobs::drive_mirror(&self.state, emitter, args),
             "query-block-jobs" => return jobs::query_block_jobs(&self.state, args),
             "query-jobs" => return jobs::query_jobs(&self.state, args),
-            c if c.starts_with("block-job-") || c.starts_with("job-") => {
+            c if c.starts_with("block-job-")
+                || c.starts_with("job-")
+                || c == "x-block-job-set-guest-share" =>
+            {
                 return jobs::verb(&self.state, c, args)
             }
             _ => {}

@@ -3,8 +3,10 @@ write-blocking, drive-mirror, quit with a job running."""
 
 import asyncio
 
+import json
+
 from rmtest import (MiB, KiB, Failure, assert_same_file, check, eq, file_node, make_blank,
-                    make_source, mirror_args, qemu_img_compare, read_range)
+                    make_source, mirror_args, qemu_img_compare, read_range, run)
 
 SIZE = 32 * MiB
 
@@ -539,6 +541,107 @@ async def sc_quit_during_job(ctx):
     check(not d.sock.exists(), "the QMP socket file is removed on quit")
 
 
+async def sc_guest_share(ctx):
+    """ringmirror's own x-guest-share (blockdev-mirror, drive-mirror) and
+    x-block-job-set-guest-share: listed in query-commands, bad values refused
+    with QMP's wording (the job and its images untouched), good ones taken
+    while running and in standby; the job then completes to an identical
+    target. query-block-jobs keeps QEMU's keys."""
+    d = await ctx.daemon().start()
+    await d.setup(SIZE)
+    src, tgt = d.p("src.raw"), d.p("tgt.raw")
+    names = {c["name"] for c in await d.ret("query-commands")}
+    check("x-block-job-set-guest-share" in names, "query-commands lacks x-block-job-set-guest-share")
+    pct = "Parameter 'x-guest-share' expects a percentage from 0 to 100"
+    for bad, desc in ((101, pct), (-1, pct), (1 << 40, pct),
+                      ("50", "Invalid parameter type for 'x-guest-share', expected: integer"),
+                      (50.5, "Invalid parameter type for 'x-guest-share', expected: integer")):
+        await d.err("blockdev-mirror", mirror_args(**{"x-guest-share": bad}), desc)
+    eq(await d.ret("query-block-jobs"), [], "no job after refused starts")
+    await start_mirror(d, speed=MiB, **{"x-guest-share": 50})
+    await d.wait_status("job0", "running")
+    j = await d.query_job()
+    eq(sorted(j), ["actively-synced", "auto-dismiss", "auto-finalize", "busy", "device",
+                   "io-status", "len", "offset", "paused", "ready", "speed", "status", "type"],
+       "query-block-jobs keys")
+    cmd = "x-block-job-set-guest-share"
+    share = "Parameter 'share' expects a percentage from 0 to 100"
+    for args, desc, cls in (
+            ({"device": "job0", "share": 101}, share, "GenericError"),
+            ({"device": "job0", "share": -5}, share, "GenericError"),
+            ({"device": "job0"}, "Parameter 'share' is missing", "GenericError"),
+            ({"device": "job0", "share": True},
+             "Invalid parameter type for 'share', expected: integer", "GenericError"),
+            ({"device": "job0", "share": 5, "speed": 1}, "Parameter 'speed' is unexpected",
+             "GenericError"),
+            ({"share": 5}, "Parameter 'device' is missing", "GenericError"),
+            ({"device": "nope", "share": 5}, "Block job 'nope' not found", "DeviceNotActive")):
+        await d.err(cmd, args, desc, cls=cls)
+    for s in (0, 100, 1, 75):
+        eq(await d.ret(cmd, {"device": "job0", "share": s}), {}, f"share {s}")
+    await d.ret("block-job-set-speed", {"device": "job0", "speed": 0})
+    await d.wait_event("BLOCK_JOB_READY")
+    await d.ret("block-job-pause", {"device": "job0"})
+    await d.wait_status("job0", "standby")
+    eq(await d.ret(cmd, {"device": "job0", "share": 0}), {}, "share in standby")
+    await d.ret("block-job-resume", {"device": "job0"})
+    await d.wait_status("job0", "ready")
+    await d.ret("block-job-complete", {"device": "job0"})
+    await d.wait_event("BLOCK_JOB_COMPLETED")
+    await d.wait_status("job0", "null")
+    await d.err(cmd, {"device": "job0", "share": 5}, "Block job 'job0' not found",
+                cls="DeviceNotActive")
+    assert_same_file(src, tgt, "source and target after complete")
+    await d.quit()
+
+
+async def sc_mirror_cli(ctx):
+    """`ringmirror mirror --qmp` (the README's step 4) drives a mirror on
+    ringmirror serve and on qemu-storage-daemon alike: --json prints the
+    job's events as they come, --complete-when-ready completes at READY, the
+    export follows the target, the images are identical, exit code 0. Its
+    errors (no such node, no socket, an out-of-range --guest-share) are one
+    clear line and a non-zero exit."""
+    for kind in ("ringmirror", "qsd"):
+        d = await ctx.daemon(kind, kind).start()
+        await d.setup(SIZE)
+        src, tgt = d.p("src.raw"), d.p("tgt.raw")
+        share = ["--guest-share", "30"] if kind == "ringmirror" else []
+        argv = [ctx.binary, "mirror", "--qmp", d.sock, "--job-id", "cli0"]
+        if kind == "qsd":
+            # QSD's monitor serves one client at a time; a second one waits
+            # for the greeting, and ringmirror mirror says so after 10 s.
+            rc, _, err = await run(*argv, "--device", "src", "--target", "tgt", timeout=30)
+            check(rc == 1 and "one client at a time" in err, f"qsd busy: rc {rc}, {err!r}")
+            await d.client.disconnect()
+        rc, out, err = await run(*argv, "--device", "src", "--target", "tgt",
+                                 "--complete-when-ready", "--json", *share)
+        check(rc == 0, f"{kind}: ringmirror mirror failed (rc {rc}):\n{out}\n{err}")
+        lines = [json.loads(line) for line in out.splitlines()]
+        events = [e["event"] for e in lines if "event" in e]
+        ends = [e for e in events if e.startswith("BLOCK_JOB_")]
+        eq(ends, ["BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"], f"{kind}: block job events printed")
+        statuses = [e["data"]["status"] for e in lines if e.get("event") == "JOB_STATUS_CHANGE"]
+        # It exits at COMPLETED (concluded and null follow on the monitor).
+        eq((statuses[:2], statuses[-3:], events[-1]),
+           (["created", "running"], ["ready", "waiting", "pending"], "BLOCK_JOB_COMPLETED"),
+           f"{kind}: status changes printed, up to COMPLETED")
+        assert_same_file(src, tgt, f"{kind}: source and target after ringmirror mirror")
+        rc, out, err = await run(*argv, "--device", "nope", "--target", "tgt")
+        check(rc == 1 and "blockdev-mirror failed" in err and len(err.strip().splitlines()) == 1,
+              f"{kind}: unknown node: rc {rc}, stderr {err!r}")
+        if kind == "qsd":
+            d.client = await d.connect_client(d.steps)
+        eq(await d.export_node(), "tgt", f"{kind}: the export follows the target")
+        await d.quit()
+    rc, _, err = await run(ctx.binary, "mirror", "--qmp", d.p("no.sock"), "--device", "src",
+                           "--target", "tgt")
+    check(rc == 1 and "no.sock" in err, f"no socket: rc {rc}, stderr {err!r}")
+    rc, _, err = await run(ctx.binary, "mirror", "--qmp", d.p("no.sock"), "--device", "src",
+                           "--target", "tgt", "--guest-share", "101")
+    check(rc == 2 and "101 is not in 0..=100" in err, f"--guest-share 101: rc {rc}, {err!r}")
+
+
 SCENARIOS = {
     "complete": sc_complete,
     "cancel_before_ready": sc_cancel_before_ready,
@@ -552,4 +655,6 @@ SCENARIOS = {
     "drive_mirror": sc_drive_mirror,
     "nonblank_target": sc_nonblank_target,
     "quit_during_job": sc_quit_during_job,
+    "guest_share": sc_guest_share,
+    "mirror_cli": sc_mirror_cli,
 }
