@@ -4,12 +4,13 @@ builds (alternate them: the disk drifts from minute to minute).
 
     RINGMIRROR_BIN=/path/to/ringmirror python3 bench/load_once.py \\
         ringmirror|qsd none|background|write-blocking WORKLOAD OUT.json \\
-        [--load-secs 55] [--baseline-secs 25]
+        [--load-secs 55] [--baseline-secs 25] [--guest-share P]
 
 WORKLOAD is a name from fio-configs/ (e.g. randwrite-4k-qd16). Runs on
 $RINGMIRROR_BENCH_DIR/dense.img (made if missing, as bench/mirror.sh does), writes the run's
 record (windows, IOPS, latency, daemon CPU and RSS, verification) to OUT.json
-and prints a one-line summary.
+and prints a one-line summary. --guest-share sends ringmirror's x-guest-share (0-100) with
+blockdev-mirror.
 """
 import argparse
 import json
@@ -31,13 +32,15 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--load-secs", type=int, default=55)
     ap.add_argument("--baseline-secs", type=int, default=25)
+    ap.add_argument("--guest-share", type=int)
     a = ap.parse_args()
     d = scratch_dir()
     src = ensure_dense(d / "dense.img")
     drop_caches()
     mode = None if a.mode == "none" else a.mode
+    extra = {} if a.guest_share is None else {"x-guest-share": a.guest_share}
     r = m.run_load(a.kind, mode, a.workload, src, d, src.stat().st_size,
-                   a.load_secs, a.baseline_secs)
+                   a.load_secs, a.baseline_secs, mirror_extra=extra)
     Path(a.out).write_text(json.dumps(r))
     w = r.get("windows", {})
     print(json.dumps({

@@ -147,8 +147,10 @@ def run_noio(kind, src, d, size, img):
 # ---------------------------------------------------------------------------
 # part B
 
-def run_load(kind, mode, workload, src, d, size, load_s, baseline_s, keep_log=False):
-    """mode: None (baseline, no job), 'background' or 'write-blocking'."""
+def run_load(kind, mode, workload, src, d, size, load_s, baseline_s, keep_log=False,
+             mirror_extra=None):
+    """mode: None (baseline, no job), 'background' or 'write-blocking';
+    mirror_extra: more blockdev-mirror arguments (e.g. x-guest-share)."""
     tgt = fresh_target(d, size)
     dm = Daemon(kind, d / "run", kind)
     tag = f"{kind}-{workload}-{mode or 'nojob'}"
@@ -166,7 +168,7 @@ def run_load(kind, mode, workload, src, d, size, load_s, baseline_s, keep_log=Fa
         else:
             time.sleep(max(0, tl + 5 - time.monotonic()))
             dm.start_sampling()
-            tm = dm.mirror(mode)
+            tm = dm.mirror(mode, **(mirror_extra or {}))
             r["t_mirror"] = wall(tm)
             tr = dm.wait_ready(max(0.0, tl + load_s - time.monotonic()), tm)
             if tr is not None:

@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use ringmirror_engine::{BlockDevice, OpenOptions};
@@ -243,9 +243,11 @@ fn force_cancel_ends_a_job_stuck_on_a_slow_failing_target_promptly() {
     let t = std::time::Instant::now();
     job.cancel(true).unwrap();
     ev.wait("BLOCK_JOB_CANCELLED", T);
-    // In-flight requests finish (300 ms each), nothing new starts.
+    // In-flight requests finish (300 ms each), nothing new starts: about
+    // a second; the bound leaves room for a slow shared disk and fails on
+    // retrying until the test's 60 s timeout.
     assert!(
-        t.elapsed() < Duration::from_secs(3),
+        t.elapsed() < Duration::from_secs(15),
         "cancel took {:?}",
         t.elapsed()
     );
@@ -301,26 +303,48 @@ fn write_blocking_discard_waits_for_a_write_to_the_same_cluster() {
 /// write-blocking may land on the source after a write-blocking write to
 /// the same cluster and mark it before that write completes: the latter
 /// must then not clear the cluster (the target would keep its bytes where
-/// the source has the background write's). Here the background write is
-/// held 200 ms before it reaches the source and the write-blocking write's
-/// target half completes 400 ms late.
+/// the source has the background write's). The order is made, not timed:
+/// the background write is parked before it reaches the source, the
+/// write-blocking write's target half is parked until the background write
+/// has landed and completed.
 #[test]
 fn background_write_in_flight_across_the_switch_is_not_lost() {
     use ringmirror_engine::BlockDeviceExt;
     let f = faulty("e-switch", 4 << 20);
     let (job, mut ev) = start_on(&f, MirrorOptions::new("job0"));
     ev.wait("BLOCK_JOB_READY", T);
-    f.src.set_write_delay(Duration::from_millis(200));
+    let until = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + T;
+        while !cond() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    f.src.hold_writes();
     let disk = f.disk.clone();
     let background = std::thread::spawn(move || disk.write_at(1 << 20, &[0xb0; 8192], false));
-    std::thread::sleep(Duration::from_millis(30));
-    f.src.set_write_delay(Duration::ZERO);
+    until("the background write parked", &|| f.src.held_writes() == 1);
+    f.src.pass_writes();
     job.change_copy_mode(ringmirror_mirror::CopyMode::WriteBlocking)
         .unwrap();
-    f.dst.set_latency(Duration::from_millis(400));
-    f.disk.write_at(1 << 20, &[0x77; 8192], false).unwrap();
+    f.dst.hold_writes();
+    let disk = f.disk.clone();
+    let blocking = std::thread::spawn(move || disk.write_at(1 << 20, &[0x77; 8192], false));
+    // Its source half lands, its target half waits.
+    until("the write-blocking write on the source", &|| {
+        f.src.read_at(1 << 20, 1).unwrap()[0] == 0x77
+    });
+    until("its target half parked", &|| f.dst.held_writes() >= 1);
+    assert!(
+        !blocking.is_finished(),
+        "acknowledged before its target half"
+    );
+    // Now the background write lands (after it) and completes.
+    f.src.release_held();
     background.join().unwrap().unwrap();
-    f.dst.set_latency(Duration::ZERO);
+    f.dst.pass_writes();
+    f.dst.release_held();
+    blocking.join().unwrap().unwrap();
     assert_eq!(
         f.disk.read_at(1 << 20, 1).unwrap()[0],
         0xb0,

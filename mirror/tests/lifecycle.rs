@@ -87,7 +87,7 @@ fn cancel_before_ready_soft_and_force_gives_cancelled() {
         o.speed = 1 << 20;
         let (job, mut ev) = start(&s, o).unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(job.status(), Running);
+        assert_eq!(job.wait_status(T, |st| st == Running), Running);
         job.cancel(force).unwrap();
         let e = ev.wait("BLOCK_JOB_CANCELLED", T);
         let JobEvent::Cancelled { progress, .. } = e else {
@@ -206,12 +206,16 @@ fn set_speed_is_reported_and_limits_the_copy() {
     let s = setup("m-speed", 16 << 20, 8);
     let mut o = MirrorOptions::new("job0");
     o.speed = 2 << 20;
+    let t0 = Instant::now();
     let (job, mut ev) = start(&s, o).unwrap();
     assert_eq!(job.query().speed, 2 << 20);
     std::thread::sleep(Duration::from_millis(1000));
     let q = job.query();
-    // 2 MiB/s for about a second: nowhere near the 16 MiB.
-    assert!(q.offset <= 5 << 20, "{q:?}");
+    // 2 MiB/s for the time that really passed (a loaded machine oversleeps),
+    // plus the limiter's burst and one request: nowhere near 16 MiB.
+    let allowed = (2u64 << 20) * t0.elapsed().as_millis() as u64 / 1000 + (1 << 20);
+    assert!(q.offset <= allowed, "{q:?} after {:?}", t0.elapsed());
+    assert!(q.offset < 16 << 20, "{q:?}");
     job.set_speed(0).unwrap();
     assert_eq!(job.query().speed, 0);
     let JobEvent::Ready { progress, .. } = ev.wait("BLOCK_JOB_READY", T) else {
@@ -692,8 +696,10 @@ fn force_cancel_under_a_busy_guest_ends_promptly() {
         let at_end = guest.acked.load(Ordering::Relaxed);
         let after = progressed(at_end);
         guest.stop();
+        // Milliseconds here; it used to wait for the load to stop. The
+        // bound leaves room for a slow shared disk.
         assert!(
-            took < Duration::from_secs(5),
+            took < Duration::from_secs(15),
             "cancel took {took:?} under a busy guest ({mode:?}, ready {ready})"
         );
         assert!(

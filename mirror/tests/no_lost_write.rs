@@ -88,6 +88,20 @@ fn writers(disk: &Arc<Disk>, model: &Arc<Mutex<Vec<u8>>>, seed: u64, pause_us: u
 }
 
 impl Writers {
+    /// Wait until `more` writes beyond those acknowledged now are (a count,
+    /// not a sleep: a slow shared disk makes it take longer, not fewer).
+    fn wait_for_more(&self, more: u64) {
+        let goal = self.acked.load(Ordering::Relaxed) + more;
+        let deadline = std::time::Instant::now() + T;
+        while self.acked.load(Ordering::Relaxed) < goal {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writers stalled short of {goal} writes"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn stop(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         for h in self.handles {
@@ -121,9 +135,9 @@ fn run(seed: u64, mode: CopyMode, granularity: u64, write_through_switch: bool) 
     ev.wait("BLOCK_JOB_COMPLETED", T);
     assert_eq!(s.disk.current().info().name, s.target.info().name);
     if let Some(w) = w {
-        std::thread::sleep(Duration::from_millis(100));
-        let n = w.stop();
-        assert!(n > 20, "only {n} writes were acknowledged");
+        // Writes after the switch, all of them checked below.
+        w.wait_for_more(20);
+        w.stop();
     }
     let expected = model.lock().clone();
     let target = read_all(&*s.target);
@@ -201,11 +215,12 @@ fn ready_and_complete_under_a_write_flood() {
         o.granularity = granularity;
         let (job, mut ev) = start(&s, o).unwrap();
         ev.wait("BLOCK_JOB_READY", T);
-        std::thread::sleep(Duration::from_millis(300));
+        // A hundred writes in READY, then the switch under the flood.
+        w.wait_for_more(100);
         job.complete().unwrap();
         ev.wait("BLOCK_JOB_COMPLETED", T);
-        let n = w.stop();
-        assert!(n > 100, "only {n} writes");
+        w.wait_for_more(10);
+        w.stop();
         let target = read_all(&*s.target);
         assert!(
             target == *model.lock(),

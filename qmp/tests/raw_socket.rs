@@ -529,7 +529,8 @@ fn socket_is_private_stale_files_are_replaced_and_live_ones_refused() {
 
 #[test]
 fn stop_with_clients_connected_flushes_and_closes_them() {
-    let (m, path) = start("stop");
+    // The default 2 s drain could cut a flush short on a loaded machine.
+    let (m, path) = start_with("stop", |b| b.drain_timeout(Duration::from_secs(20)));
     let mut a = Client::negotiated(&path);
     let mut b = Client::connect_greeted(&path);
     m.emitter().emit("BYE", Value::Null);

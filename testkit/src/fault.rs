@@ -71,8 +71,9 @@ pub struct FaultDevice {
     info: DeviceInfo,
     rules: Mutex<(Vec<Rule>, rand::rngs::StdRng)>,
     latency: Mutex<Duration>,
-    /// Writes reach the inner device only this long after they are made.
-    write_delay: Mutex<Duration>,
+    /// `hold_writes`: writes parked (not yet submitted), in order; `None`
+    /// when not holding.
+    held: Mutex<HeldWrites>,
     timer: Arc<Timer>,
     injected: std::sync::atomic::AtomicU64,
 }
@@ -112,7 +113,7 @@ impl FaultDevice {
             info,
             rules: Mutex::new((Vec::new(), rand::rngs::StdRng::seed_from_u64(seed))),
             latency: Mutex::new(Duration::ZERO),
-            write_delay: Mutex::new(Duration::ZERO),
+            held: Mutex::new(HeldWrites::default()),
             timer,
             injected: std::sync::atomic::AtomicU64::new(0),
         })
@@ -141,11 +142,29 @@ impl FaultDevice {
         *self.latency.lock() = d;
     }
 
-    /// Hold every write made from now on for `d` before it reaches the
-    /// inner device, so that it lands after writes made later (completion
-    /// latency, `set_latency`, comes on top).
-    pub fn set_write_delay(&self, d: Duration) {
-        *self.write_delay.lock() = d;
+    /// Park every write made from now on (it reaches neither the inner
+    /// device nor its completion) until `release_held`: tests order writes
+    /// by this instead of by sleeping.
+    pub fn hold_writes(&self) {
+        self.held.lock().holding = true;
+    }
+
+    /// Stop parking new writes; those parked stay parked.
+    pub fn pass_writes(&self) {
+        self.held.lock().holding = false;
+    }
+
+    /// Writes parked now.
+    pub fn held_writes(&self) -> usize {
+        self.held.lock().parked.len()
+    }
+
+    /// Submit the parked writes, oldest first.
+    pub fn release_held(&self) {
+        let parked = std::mem::take(&mut self.held.lock().parked);
+        for submit in parked {
+            submit();
+        }
     }
 
     /// Faults injected so far.
@@ -222,16 +241,14 @@ impl BlockDevice for FaultDevice {
                 Box::new(move |b, r| me.run(Box::new(move || done(b, r)))),
             )
         };
-        let delay = *self.write_delay.lock();
-        if delay.is_zero() {
-            submit();
-        } else {
-            Later {
-                latency: delay,
-                timer: self.timer.clone(),
+        {
+            let mut h = self.held.lock();
+            if h.holding {
+                h.parked.push(Box::new(submit));
+                return;
             }
-            .run(Box::new(submit));
         }
+        submit();
     }
     fn flush(&self, done: Done) {
         if let Some(e) = self.should_fail(FaultOp::Flush, 0, 0) {
@@ -270,6 +287,12 @@ impl BlockDevice for FaultDevice {
     fn extents(&self, offset: u64, len: u64) -> IoResult<Vec<Extent>> {
         self.inner.extents(offset, len)
     }
+}
+
+#[derive(Default)]
+struct HeldWrites {
+    holding: bool,
+    parked: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 /// Delivers completions after the configured latency.

@@ -510,10 +510,12 @@ async def sc_quit_during_job(ctx):
     obs_since = len(observer_steps)
     await d.quit()
     # Let the observer read to EOF.
-    for _ in range(500):
+    for _ in range(3000):
         if observer.runstate.name != "RUNNING":
             break
         await asyncio.sleep(0.01)
+    else:
+        raise Failure("the observer's connection was not closed within 30 s of quit")
     try:
         await observer.disconnect()
     except Exception:

@@ -123,24 +123,28 @@ async def sc_nbd_tools(ctx):
 
 
 async def sc_fio_during_mirror(ctx):
-    """fio's nbd engine: random 4k writes with verification through the export
-    for 3 s while a speed-limited mirror runs; then complete and compare."""
+    """fio's nbd engine: 2048 random 4k writes with verification through the
+    export (verified as they go and all again at the end) while a
+    speed-limited mirror runs; then complete and compare. A fixed amount,
+    not a fixed time: a slow disk makes it longer, never emptier."""
     d = await ctx.daemon().start()
     await d.setup(SIZE)
-    since = await start_mirror(d, speed=4 * MiB)
+    # 512 KiB/s: the job needs a minute, far longer than fio.
+    since = await start_mirror(d, speed=512 * KiB)
     await d.wait_status("job0", "running")
     eq((await d.query_job())["status"], "running", "job running when fio starts")
     rc, out, err = await run(
         "fio", "--name=guest", "--ioengine=nbd", f"--uri={d.uri()}", "--rw=randwrite",
-        "--bs=4k", f"--size={SIZE}", "--iodepth=8", "--time_based", "--runtime=3",
+        "--bs=4k", f"--size={SIZE}", "--io_size=8M", "--iodepth=8",
         "--verify=crc32c", "--verify_fatal=1", "--verify_backlog=512", "--randrepeat=0",
         "--verify_state_save=0", "--output-format=json", timeout=60, cwd=d.dir)
     check(rc == 0, f"fio failed (rc {rc}):\n{out[-3000:]}\n{err[-3000:]}")
     job = json.loads(out[out.index("{"):])["jobs"][0]
     eq(job["error"], 0, "fio job error")
-    check(job["write"]["total_ios"] > 100 and job["read"]["total_ios"] > 0,
-          f"fio wrote and verified: writes {job['write']['total_ios']}, "
-          f"verify reads {job['read']['total_ios']}")
+    eq(job["write"]["total_ios"], 2048, "fio's writes")
+    check(job["read"]["total_ios"] >= 2048,
+          f"fio verified every write: verify reads {job['read']['total_ios']}")
+    eq((await d.query_job())["status"], "running", "job still running when fio is done")
     await d.ret("block-job-set-speed", {"device": "job0", "speed": 0})
     await d.wait_event("BLOCK_JOB_READY")
     await d.ret("block-job-complete", {"device": "job0"})
