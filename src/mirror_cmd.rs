@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use ringmirror_engine::{DeviceOpener, EngineConfig, OpenOptions};
-use ringmirror_mirror::{CopyMode, Disk, GuestShare, JobEvent, MirrorJob, MirrorOptions, SyncMode};
+use ringmirror_mirror::{CopyMode, Disk, JobEvent, MirrorJob, MirrorOptions, SyncMode};
 use serde_json::{json, Value};
 
 use crate::progress::Progress;
@@ -53,11 +53,11 @@ pub struct MirrorArgs {
     /// background or write-blocking.
     #[arg(long, default_value = "background", value_parser = ["background", "write-blocking"])]
     pub copy_mode: String,
-    /// Percent of its speed a busy guest keeps beside the background copy
-    /// (0-100, 0 = no pacing; ringmirror only, sent as `x-guest-share`).
-    /// Default: automatic, about 87%, lending the copy more (down to 50%)
-    /// if it stops converging.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    /// With --qmp (a guest uses the daemon's export): percent of its speed
+    /// a busy guest keeps beside the background copy (0-100, 0 = no pacing;
+    /// ringmirror serve only, sent as `x-guest-share`). Default: automatic,
+    /// about 87%, lending the copy more (down to 50%) if it stops converging.
+    #[arg(long, requires = "qmp", value_parser = clap::value_parser!(u8).range(0..=100))]
     pub guest_share: Option<u8>,
     /// Switch to the target as soon as it is in sync.
     #[arg(long)]
@@ -199,6 +199,18 @@ pub fn run(args: MirrorArgs) -> Result<(), CliError> {
             .source
             .clone()
             .ok_or_else(|| CliError::usage("give --qmp SOCKET --device NODE, or --source PATH"))?;
+        // clap drops `requires = "qmp"` when --source (which conflicts with
+        // --qmp) is given: say it here.
+        if args.device.is_some() {
+            return Err(CliError::usage(
+                "--device is for --qmp (with --source, give paths)",
+            ));
+        }
+        if args.guest_share.is_some() {
+            return Err(CliError::usage(
+                "--guest-share needs --qmp: two images have no guest to share the disk with",
+            ));
+        }
         let opener = DeviceOpener::new(EngineConfig::default());
         let src = opener
             .open(&source, &OpenOptions::read_write())
@@ -223,12 +235,6 @@ pub fn run(args: MirrorArgs) -> Result<(), CliError> {
         }
         if let Some(b) = args.buf_size {
             o.buf_size = b;
-        }
-        if let Some(share) = args
-            .guest_share
-            .and_then(|p| GuestShare::from_percent(p.into()))
-        {
-            o.guest_share = share;
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let sink: ringmirror_mirror::EventSink = Arc::new(move |e: &JobEvent| {

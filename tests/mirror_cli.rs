@@ -112,8 +112,6 @@ fn mirrors_two_images_creating_the_target_and_over_an_old_one() {
     let out = mirror(&[
         "--json",
         "--complete-when-ready",
-        "--guest-share",
-        "0",
         "--source",
         s(&src),
         "--target",
@@ -256,11 +254,35 @@ fn errors_are_one_clear_line() {
     }
     // The small image was left alone.
     assert_eq!(std::fs::read(&small).unwrap(), random_bytes(6, 1 << 20));
+    // The guest share is for a daemon's guest: two images have none.
     let out = mirror(&[
         "--source",
         s(&src),
         "--target",
         s(&dst),
+        "--guest-share",
+        "50",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--guest-share needs --qmp"), "{err}");
+    let out = mirror(&["--source", s(&src), "--target", s(&dst), "--device", "d"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--device is for --qmp"), "{err}");
+    let out = mirror(&["--target", s(&dst), "--guest-share", "50"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap's own check without --source"
+    );
+    let out = mirror(&[
+        "--qmp",
+        "x",
+        "--device",
+        "d",
+        "--target",
+        "t",
         "--guest-share",
         "101",
     ]);

@@ -252,6 +252,8 @@ impl Coordinator {
         }
         let guest_share = sh.opts.guest_share;
         let pacer = Pacer::new(disk.guest_io_totals(), guest_share);
+        let bits = pacer.allowed().map_or(0, f64::to_bits);
+        sh.allowance_bits.store(bits, Ordering::Relaxed);
         let target_zero = sh.opts.target_is_zero || is_all_hole(&*target);
         Coordinator {
             limiter: RateLimiter::new(speed, Duration::from_millis(10)),
@@ -406,7 +408,17 @@ impl Coordinator {
         } else if self.pacer.rate() != 0 && !shrinking(self.convergence.1, left) {
             self.pacer.relax(now, left >= self.convergence.1);
         }
+        self.publish_pacing();
         self.convergence = (now, left);
+    }
+
+    /// The pacer's limit and allowance, for `MirrorJob::rates`.
+    fn publish_pacing(&self) {
+        self.sh
+            .paced_limit
+            .store(self.pacer.rate(), Ordering::Relaxed);
+        let bits = self.pacer.allowed().map_or(0, f64::to_bits);
+        self.sh.allowance_bits.store(bits, Ordering::Relaxed);
     }
 
     fn update_rates(&mut self) {
@@ -741,6 +753,7 @@ impl Coordinator {
                 self.disk.guest_io_totals(),
                 self.disk.requests_in_flight(),
             );
+            self.publish_pacing();
             if self.pacer.holds_copy() {
                 self.retry_after = Some(self.pacer.next_tick());
                 return;
@@ -1059,6 +1072,10 @@ impl Coordinator {
     }
 
     fn command(&mut self, cmd: Cmd) -> Result<(), JobError> {
+        if self.status == JobStatus::Null {
+            // Ended in this very iteration: as if it had already gone.
+            return Err(JobError::Gone(self.sh.id.clone()));
+        }
         match cmd {
             Cmd::Verb(Verb::Pause) => {
                 self.check(Verb::Pause)?;
@@ -1100,13 +1117,21 @@ impl Coordinator {
                 Ok(())
             }
             Cmd::SetGuestShare(share) => {
-                self.check(Verb::SetSpeed)?;
+                // Legal where set-speed is; refused under its own name.
+                if !self.status.accepts(Verb::SetSpeed) {
+                    return Err(JobError::WrongState {
+                        id: self.sh.id.clone(),
+                        status: self.status,
+                        verb: "set-guest-share",
+                    });
+                }
                 if let Some(e) = share.invalid() {
                     return Err(JobError::Refused(e));
                 }
                 self.guest_share = share;
                 self.pacer.set_share(share);
                 self.pace.set_rate(self.pacer.rate());
+                self.publish_pacing();
                 self.retry_after = None;
                 self.publish();
                 Ok(())

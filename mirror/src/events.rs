@@ -3,6 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::options::GuestShare;
 use crate::state::JobStatus;
 
 /// Which side a failed request was on (QMP `IoOperationType`).
@@ -178,6 +179,9 @@ pub struct BlockJobInfo {
     pub error: Option<String>,
     /// Write-blocking and in sync: every new write reaches both sides.
     pub actively_synced: bool,
+    /// How much of its speed a busy guest keeps (ringmirror's own; QMP
+    /// shows it as `x-guest-share` when it is not automatic).
+    pub guest_share: GuestShare,
 }
 
 impl BlockJobInfo {
@@ -200,6 +204,9 @@ impl BlockJobInfo {
         });
         if let (Some(e), Some(m)) = (&self.error, v.as_object_mut()) {
             m.insert("error".into(), json!(e));
+        }
+        if let (Some(p), Some(m)) = (self.guest_share.as_percent(), v.as_object_mut()) {
+            m.insert("x-guest-share".into(), json!(p));
         }
         v
     }

@@ -77,6 +77,14 @@ pub struct Rates {
     pub dirty_bytes_per_sec: u64,
     /// Bytes per second the job copies.
     pub copy_bytes_per_sec: u64,
+    /// The copy rate the pacer allows now to protect a busy guest
+    /// (bytes/s; 0 = not limited: no guest to protect, or pacing off).
+    /// While it probes (the copy stopped for a few 100 ms to measure the
+    /// guest undisturbed), the limit from before.
+    pub paced_limit_bytes_per_sec: u64,
+    /// How much the guest's latency may rise over its undisturbed latency
+    /// now (1.15 = by 15%, see [`GuestShare`]); `None` with pacing off.
+    pub guest_slowdown_allowed: Option<f64>,
 }
 
 /// Coordinator-owned facts that queries read.
@@ -110,6 +118,9 @@ pub(crate) struct JobShared {
     pub(crate) subscribers: Mutex<Vec<Sender<JobEvent>>>,
     pub(crate) dirty_rate: AtomicU64,
     pub(crate) copy_rate: AtomicU64,
+    /// The pacer's limit (bytes/s) and allowance (f64 bits, 0 = off).
+    pub(crate) paced_limit: AtomicU64,
+    pub(crate) allowance_bits: AtomicU64,
     pub(crate) coordinator_alive: AtomicBool,
 }
 
@@ -250,6 +261,8 @@ impl MirrorJob {
             subscribers: Mutex::new(Vec::new()),
             dirty_rate: AtomicU64::new(0),
             copy_rate: AtomicU64::new(0),
+            paced_limit: AtomicU64::new(0),
+            allowance_bits: AtomicU64::new(0),
             coordinator_alive: AtomicBool::new(true),
         });
 
@@ -328,7 +341,8 @@ impl MirrorJob {
 
     /// Change how much of its speed a busy guest keeps beside the
     /// background copy (see [`GuestShare`]); legal where `set_speed` is.
-    /// The pacer starts afresh from the new share: a job that does not
+    /// The allowance starts afresh from the new share (the guest's measured
+    /// baseline is kept; [`MirrorJob::rates`] shows it): a job that does not
     /// converge under a flush-heavy guest can be let take more (a lower
     /// percentage, or [`GuestShare::Unpaced`]).
     pub fn set_guest_share(&self, share: GuestShare) -> Result<(), JobError> {
@@ -391,6 +405,7 @@ impl MirrorJob {
             auto_dismiss: self.shared.opts.auto_dismiss,
             error: s.error,
             actively_synced: s.actively_synced,
+            guest_share: s.guest_share,
         }
     }
 
@@ -411,6 +426,11 @@ impl MirrorJob {
         Rates {
             dirty_bytes_per_sec: self.shared.dirty_rate.load(Ordering::Relaxed),
             copy_bytes_per_sec: self.shared.copy_rate.load(Ordering::Relaxed),
+            paced_limit_bytes_per_sec: self.shared.paced_limit.load(Ordering::Relaxed),
+            guest_slowdown_allowed: match self.shared.allowance_bits.load(Ordering::Relaxed) {
+                0 => None,
+                bits => Some(f64::from_bits(bits)),
+            },
         }
     }
 

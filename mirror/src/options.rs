@@ -125,7 +125,9 @@ pub enum GuestShare {
     /// Keep about this percentage (1..=100), never less for the sake of
     /// convergence: a guest that writes faster than the copy may go keeps
     /// the job from READY (switch to write-blocking, or lower the share).
-    /// 100 keeps the copy at its floor (4 MiB/s) while the guest is busy.
+    /// 100 allows no slowdown at all: the copy stays near its floor (it
+    /// may grow by a step in an interval where the guest is at or under
+    /// its baseline, and halves in the next one where it is not).
     Percent(u8),
     /// No pacing: copy as fast as the disk allows, like QEMU.
     Unpaced,
@@ -138,6 +140,16 @@ impl GuestShare {
             0 => Some(GuestShare::Unpaced),
             1..=100 => Some(GuestShare::Percent(p as u8)),
             _ => None,
+        }
+    }
+
+    /// QMP's `x-guest-share` value: 0 for unpaced, the percentage, or none
+    /// for automatic.
+    pub fn as_percent(self) -> Option<u8> {
+        match self {
+            GuestShare::Auto => None,
+            GuestShare::Percent(p) => Some(p),
+            GuestShare::Unpaced => Some(0),
         }
     }
 

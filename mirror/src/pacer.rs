@@ -221,6 +221,11 @@ impl Pacer {
         self.slowdown
     }
 
+    /// The guest slowdown allowed now; `None` with pacing off.
+    pub(crate) fn allowed(&self) -> Option<f64> {
+        (!self.off).then_some(self.slowdown)
+    }
+
     /// When the next interval ends.
     pub(crate) fn next_tick(&self) -> Instant {
         self.last_at + INTERVAL

@@ -720,7 +720,7 @@ fn force_cancel_under_a_busy_guest_ends_promptly() {
 }
 
 #[test]
-fn guest_share_is_checked_changed_and_reported() {
+fn guest_share_is_checked_changed_and_takes_effect() {
     let size = 16u64 << 20;
     let s = setup("m-share", size as usize, 8);
     for p in [0u8, 101] {
@@ -734,15 +734,34 @@ fn guest_share_is_checked_changed_and_reported() {
         );
         assert_eq!(s.disk.job_id(), None, "a refused job left the disk busy");
     }
+    // Unpaced, under a guest that never idles, held off READY by a speed.
     let mut o = MirrorOptions::new("job0");
     o.guest_share = GuestShare::Unpaced;
+    o.speed = 1 << 20;
     let (job, mut ev) = start(&s, o).unwrap();
     assert_eq!(job.guest_share(), GuestShare::Unpaced);
-    // Unpaced, the copy runs flat out beside a guest that never idles.
+    assert_eq!(job.query().guest_share, GuestShare::Unpaced);
     let guest = BusyGuest::start(&s.disk, size, 9);
-    ev.wait("BLOCK_JOB_READY", T);
+    let unpaced = |job: &ringmirror_mirror::MirrorJob| {
+        let r = job.rates();
+        (r.guest_slowdown_allowed, r.paced_limit_bytes_per_sec)
+    };
+    // Long enough for a probe and pacing, were the pacer on (4 x 100 ms).
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        assert_eq!(unpaced(&job), (None, 0), "the pacer ran while off");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // 40%: the guest's latency may rise 2.5x; the pacer learns the busy
+    // guest's baseline and paces the copy.
     job.set_guest_share(GuestShare::Percent(40)).unwrap();
     assert_eq!(job.guest_share(), GuestShare::Percent(40));
+    assert_eq!(job.rates().guest_slowdown_allowed, Some(2.5));
+    let deadline = Instant::now() + T;
+    while job.rates().paced_limit_bytes_per_sec == 0 {
+        assert!(Instant::now() < deadline, "never paced: {:?}", job.rates());
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(
         job.set_guest_share(GuestShare::Percent(0)).unwrap_err(),
         JobError::Refused(
@@ -754,12 +773,19 @@ fn guest_share_is_checked_changed_and_reported() {
         GuestShare::Percent(40),
         "a refused share stuck"
     );
+    // Off again: at once, no limit.
+    job.set_guest_share(GuestShare::Unpaced).unwrap();
+    assert_eq!(unpaced(&job), (None, 0));
     job.set_guest_share(GuestShare::Auto).unwrap();
     assert_eq!(job.guest_share(), GuestShare::Auto);
+    assert_eq!(job.rates().guest_slowdown_allowed, Some(1.15));
+    job.set_speed(0).unwrap();
+    ev.wait("BLOCK_JOB_READY", T);
     // Paused (standby), the share can still be changed, as the speed can.
     job.pause().unwrap();
     ev.wait_status(Standby, T);
-    job.set_guest_share(GuestShare::Percent(90)).unwrap();
+    job.set_guest_share(GuestShare::Percent(80)).unwrap();
+    assert_eq!(job.rates().guest_slowdown_allowed, Some(1.25));
     job.resume().unwrap();
     guest.stop();
     job.complete().unwrap();

@@ -37,20 +37,20 @@ struct Common {
     auto_finalize: bool,
     auto_dismiss: bool,
     target_is_zero: bool,
-    guest_share: GuestShare,
+    guest_share: Option<i64>,
 }
 
-/// ringmirror's `x-guest-share`: 0 (no pacing) or a percentage; absent, the
-/// automatic share.
-fn guest_share(v: Option<i64>) -> Result<GuestShare, QmpError> {
+/// ringmirror's guest share (`x-guest-share`, and `share` of
+/// `x-block-job-set-guest-share`): 0 (no pacing) or a percentage; absent,
+/// the automatic share. Checked after the arguments' names and types, as
+/// QEMU checks values.
+fn guest_share(name: &str, v: Option<i64>) -> Result<GuestShare, QmpError> {
     match v {
         None => Ok(GuestShare::Auto),
         Some(p) => u64::try_from(p)
             .ok()
             .and_then(GuestShare::from_percent)
-            .ok_or_else(|| {
-                QmpError::invalid_parameter_value("x-guest-share", "a percentage from 0 to 100")
-            }),
+            .ok_or_else(|| QmpError::invalid_parameter_value(name, "a percentage from 0 to 100")),
     }
 }
 
@@ -80,7 +80,7 @@ fn mirror_common(args: &mut Args) -> Result<Common, QmpError> {
     let auto_dismiss = args.opt_bool("auto-dismiss")?.unwrap_or(true);
     let _ = args.opt_str("filter-node-name")?;
     let target_is_zero = args.opt_bool("target-is-zero")?.unwrap_or(false);
-    let guest_share = guest_share(args.opt_i64("x-guest-share")?)?;
+    let guest_share = args.opt_i64("x-guest-share")?;
     Ok(Common {
         speed,
         granularity,
@@ -145,7 +145,7 @@ fn start(
     opts.auto_finalize = c.auto_finalize;
     opts.auto_dismiss = c.auto_dismiss;
     opts.target_is_zero = c.target_is_zero;
-    opts.guest_share = c.guest_share;
+    opts.guest_share = guest_share("x-guest-share", c.guest_share)?;
 
     let (disk, target_dev) = {
         let mut st = state.lock();
@@ -378,12 +378,11 @@ pub fn verb(state: &Mutex<State>, command: &str, mut args: Args) -> Result<Value
             run(job, |j| j.set_speed(speed as u64))
         }
         "x-block-job-set-guest-share" => {
-            let share = args.req_i64("share")?;
+            // Without `share`: back to the automatic share.
+            let share = args.opt_i64("share")?;
             args.finish()?;
             let job = find(state, &id, fam)?;
-            let share = guest_share(Some(share)).map_err(|_| {
-                QmpError::invalid_parameter_value("share", "a percentage from 0 to 100")
-            })?;
+            let share = guest_share("share", share)?;
             run(job, |j| j.set_guest_share(share))
         }
         "block-job-cancel" => {

@@ -5,8 +5,8 @@ import asyncio
 
 import json
 
-from rmtest import (MiB, KiB, Failure, assert_same_file, check, eq, file_node, make_blank,
-                    make_source, mirror_args, qemu_img_compare, read_range, run)
+from rmtest import (CHILDREN, MiB, KiB, Failure, assert_same_file, check, eq, file_node,
+                    make_blank, make_source, mirror_args, qemu_img_compare, read_range, run)
 
 SIZE = 32 * MiB
 
@@ -546,9 +546,11 @@ async def sc_quit_during_job(ctx):
 async def sc_guest_share(ctx):
     """ringmirror's own x-guest-share (blockdev-mirror, drive-mirror) and
     x-block-job-set-guest-share: listed in query-commands, bad values refused
-    with QMP's wording (the job and its images untouched), good ones taken
-    while running and in standby; the job then completes to an identical
-    target. query-block-jobs keeps QEMU's keys."""
+    with QMP's wording after the names and types are checked (no job, images
+    untouched), good ones taken while running and in standby, shown in
+    query-block-jobs as x-guest-share unless automatic (no `share`: back to
+    automatic); refused under its own verb name while pending; the job then
+    completes to an identical target."""
     d = await ctx.daemon().start()
     await d.setup(SIZE)
     src, tgt = d.p("src.raw"), d.p("tgt.raw")
@@ -559,19 +561,21 @@ async def sc_guest_share(ctx):
                       ("50", "Invalid parameter type for 'x-guest-share', expected: integer"),
                       (50.5, "Invalid parameter type for 'x-guest-share', expected: integer")):
         await d.err("blockdev-mirror", mirror_args(**{"x-guest-share": bad}), desc)
+    await d.err("blockdev-mirror", mirror_args(**{"x-guest-share": 101, "bogus": 1}),
+                "Parameter 'bogus' is unexpected")
     eq(await d.ret("query-block-jobs"), [], "no job after refused starts")
-    await start_mirror(d, speed=MiB, **{"x-guest-share": 50})
+    await start_mirror(d, speed=MiB, **{"x-guest-share": 50, "auto-finalize": False})
     await d.wait_status("job0", "running")
     j = await d.query_job()
     eq(sorted(j), ["actively-synced", "auto-dismiss", "auto-finalize", "busy", "device",
-                   "io-status", "len", "offset", "paused", "ready", "speed", "status", "type"],
-       "query-block-jobs keys")
+                   "io-status", "len", "offset", "paused", "ready", "speed", "status", "type",
+                   "x-guest-share"], "query-block-jobs keys")
+    eq(j["x-guest-share"], 50, "x-guest-share in query-block-jobs")
     cmd = "x-block-job-set-guest-share"
     share = "Parameter 'share' expects a percentage from 0 to 100"
     for args, desc, cls in (
             ({"device": "job0", "share": 101}, share, "GenericError"),
             ({"device": "job0", "share": -5}, share, "GenericError"),
-            ({"device": "job0"}, "Parameter 'share' is missing", "GenericError"),
             ({"device": "job0", "share": True},
              "Invalid parameter type for 'share', expected: integer", "GenericError"),
             ({"device": "job0", "share": 5, "speed": 1}, "Parameter 'speed' is unexpected",
@@ -579,8 +583,12 @@ async def sc_guest_share(ctx):
             ({"share": 5}, "Parameter 'device' is missing", "GenericError"),
             ({"device": "nope", "share": 5}, "Block job 'nope' not found", "DeviceNotActive")):
         await d.err(cmd, args, desc, cls=cls)
+    eq((await d.query_job())["x-guest-share"], 50, "a refused share changed nothing")
     for s in (0, 100, 1, 75):
         eq(await d.ret(cmd, {"device": "job0", "share": s}), {}, f"share {s}")
+        eq((await d.query_job())["x-guest-share"], s, f"share {s} in query-block-jobs")
+    eq(await d.ret(cmd, {"device": "job0"}), {}, "back to automatic")
+    check("x-guest-share" not in await d.query_job(), "automatic share shown in query")
     await d.ret("block-job-set-speed", {"device": "job0", "speed": 0})
     await d.wait_event("BLOCK_JOB_READY")
     await d.ret("block-job-pause", {"device": "job0"})
@@ -589,7 +597,10 @@ async def sc_guest_share(ctx):
     await d.ret("block-job-resume", {"device": "job0"})
     await d.wait_status("job0", "ready")
     await d.ret("block-job-complete", {"device": "job0"})
-    await d.wait_event("BLOCK_JOB_COMPLETED")
+    await d.wait_status("job0", "pending")
+    await d.err(cmd, {"device": "job0", "share": 5},
+                "Job 'job0' in state 'pending' cannot accept command verb 'set-guest-share'")
+    await d.ret("job-finalize", {"id": "job0"})
     await d.wait_status("job0", "null")
     await d.err(cmd, {"device": "job0", "share": 5}, "Block job 'job0' not found",
                 cls="DeviceNotActive")
@@ -608,16 +619,29 @@ async def sc_mirror_cli(ctx):
         d = await ctx.daemon(kind, kind).start()
         await d.setup(SIZE)
         src, tgt = d.p("src.raw"), d.p("tgt.raw")
-        share = ["--guest-share", "30"] if kind == "ringmirror" else []
         argv = [ctx.binary, "mirror", "--qmp", d.sock, "--job-id", "cli0"]
+        mirror = [*argv, "--device", "src", "--target", "tgt", "--complete-when-ready", "--json"]
         if kind == "qsd":
             # QSD's monitor serves one client at a time; a second one waits
             # for the greeting, and ringmirror mirror says so after 10 s.
             rc, _, err = await run(*argv, "--device", "src", "--target", "tgt", timeout=30)
             check(rc == 1 and "one client at a time" in err, f"qsd busy: rc {rc}, {err!r}")
             await d.client.disconnect()
-        rc, out, err = await run(*argv, "--device", "src", "--target", "tgt",
-                                 "--complete-when-ready", "--json", *share)
+            rc, _, err = await run(*mirror, "--guest-share", "50")
+            check(rc == 1 and "Parameter 'x-guest-share' is unexpected" in err,
+                  f"qsd and --guest-share: rc {rc}, {err!r}")
+            rc, out, err = await run(*mirror)
+        else:
+            # Held at 1 MiB/s until the share is seen on the job, then let go.
+            proc = await asyncio.create_subprocess_exec(
+                *map(str, mirror), "--speed", "1M", "--guest-share", "30",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            CHILDREN.append(proc)
+            await d.wait_status("cli0", "running")
+            eq((await d.query_job("cli0"))["x-guest-share"], 30, "--guest-share sent")
+            await d.ret("block-job-set-speed", {"device": "cli0", "speed": 0})
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            rc, out, err = proc.returncode, out.decode(), err.decode()
         check(rc == 0, f"{kind}: ringmirror mirror failed (rc {rc}):\n{out}\n{err}")
         lines = [json.loads(line) for line in out.splitlines()]
         events = [e["event"] for e in lines if "event" in e]
