@@ -47,6 +47,10 @@ def main():
     ap.add_argument("--rate-iops", type=int, default=4000,
                     help="the guest's write rate (0: as fast as the disk goes; see bench/mirror.sh "
                          "for the saturating load and DESIGN.md on what it means for background mode)")
+    ap.add_argument("--guest-share", type=int, choices=range(0, 101), metavar="0-100",
+                    help="x-guest-share for the mirror: the percent of its speed the busy guest "
+                         "keeps (0: no pacing, the copy goes as fast as the disk allows; default: "
+                         "automatic)")
     a = ap.parse_args()
     size = a.size * GiB
     d = Path(os.environ.get("RINGMIRROR_BENCH_DIR", "/var/tmp/ringmirror-bench")) / "demo"
@@ -98,7 +102,8 @@ def main():
         wt.start()
         time.sleep(3)
         dm.start_sampling(0.1)
-        tm = dm.mirror("background")
+        extra = {} if a.guest_share is None else {"x-guest-share": a.guest_share}
+        tm = dm.mirror("background", **extra)
         print(f"demo: {tm - tl:5.1f} s  blockdev-mirror (background) to {tgt}", flush=True)
         tr = dm.wait_ready(max(0.5, tl + a.load_secs + 0.5 - time.monotonic()), tm)
         load_stopped = None
@@ -167,6 +172,14 @@ def main():
         print(f"  image            {a.size} GiB random data, target fresh sparse file")
         print(f"  copy rate        {size / (tr - tm) / 1e6:.0f} MB/s to READY ({tr - tm:.2f} s); "
               f"progress offset at READY {dm.progress[-1][1] / GiB if dm.progress else 0:.2f} GiB")
+        if a.guest_share is None:
+            share = ("automatic: the copy is paced to keep the guest's latency near its own "
+                     "(--guest-share 0 copies flat out)")
+        elif a.guest_share == 0:
+            share = "0: no pacing, the copy goes as fast as the disk allows"
+        else:
+            share = f"{a.guest_share}%: the guest's latency may rise {100 / a.guest_share:.2f}x"
+        print(f"  guest share      {share}")
         print(f"  guest writes     {len(L)} fio 4 KiB writes, {len(patterns)} qemu-io 64 KiB patterns")
         for k, w in win.items():
             if w and w["n"]:

@@ -8,7 +8,7 @@
 # mirrors during it, waits for READY, completes, verifies that the target
 # equalled the source at the switch and that every acknowledged guest write
 # landed, and prints a summary. Exits non-zero on any failure. Images are
-# removed at the end unless --keep.
+# removed at the end unless --keep. --guest-share P sets x-guest-share.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
