@@ -9,8 +9,9 @@
 //! `SLOWDOWN` times the baseline the rate halves, below it grows by a step.
 //! It probes again every `REPROBE`, since guests change; since devices
 //! stall, the baseline is the new probe's result or, if that is higher, the
-//! median of the last three (see `BASELINES`). A light guest may always
-//! wait for one copy request (see `ONE_COPY_WAIT_NS`). Without guest I/O
+//! median of the last three (see `BASELINES`). A light guest may wait for
+//! one copy request while it keeps its rate (see `ONE_COPY_WAIT_NS`).
+//! Without guest I/O
 //! the copy is unlimited.
 //!
 //! ```text
@@ -37,18 +38,20 @@ use crate::options::GuestShare;
 const SLOWDOWN: f64 = 1.15;
 const MAX_SLOWDOWN: f64 = 2.0;
 const RELAX_HOLD: Duration = Duration::from_secs(60);
-/// A light guest may always wait for one copy request ahead of its own: a
-/// 64 KiB request (the paced size) at the disk's 1 GB/s. Light: under one
-/// request in flight on average in the probe (Little's law: its latency sum
-/// over the time), and, in the interval judged, completing at least
-/// OPEN_LOOP_KEEP of the requests per second it did then, so that waiting
+/// With the automatic share, a light guest may wait for one copy request
+/// ahead of its own: a 64 KiB request (the paced size) at the disk's
+/// 1 GB/s. Light: at least MIN_SAMPLES requests and under one in flight on
+/// average in the probe (Little's law: their latencies sum to less than the
+/// time), and, in the interval judged, under one in flight too and at least
+/// OPEN_LOOP_KEEP of the requests per second of the probe, so that waiting
 /// costs it nothing but the wait (a guest issuing at its own rate).
 /// Such a guest's latency, 130 µs undisturbed in the demo, has 20 µs of
 /// room at 1.15x, less than any copy request takes: it held the copy near
 /// its floor (1 GiB in 23-28 s) while losing no IOPS. A guest whose rate
 /// follows its latency (one request at a time, waiting for each) falls
 /// under OPEN_LOOP_KEEP and is judged by the ratio alone; a saturating one
-/// (16 in flight) never counts as light.
+/// (16 in flight) never counts as light. A share the user set is the
+/// ratio alone.
 const ONE_COPY_WAIT_NS: f64 = 64_000.0;
 const OPEN_LOOP_KEEP: f64 = 0.95;
 /// Length of one measurement interval.
@@ -98,10 +101,12 @@ enum State {
         ops: u64,
         lat: u64,
         waited: bool,
+        /// Wall time of the measured intervals (ns).
+        ns: u64,
     },
     /// Pacing against `baseline_ns`. `open_rate`: the guest completed this
-    /// many requests per second in the probe and had under one in flight
-    /// on average (see ONE_COPY_WAIT_NS); 0 otherwise.
+    /// many requests per second in the probe, a light guest (see
+    /// ONE_COPY_WAIT_NS); 0 otherwise.
     Pacing { baseline_ns: f64, open_rate: f64 },
 }
 
@@ -114,6 +119,8 @@ pub(crate) struct Pacer {
     max_slowdown: f64,
     /// `GuestShare::Unpaced`: never probe, never limit.
     off: bool,
+    /// `GuestShare::Auto`: a light guest may wait for one copy request.
+    auto: bool,
     /// After a relaxation that did not help: no new one before this.
     relax_hold_until: Option<Instant>,
     rate: u64,
@@ -150,6 +157,7 @@ impl Pacer {
             base_slowdown: SLOWDOWN,
             max_slowdown: MAX_SLOWDOWN,
             off: false,
+            auto: true,
             relax_hold_until: None,
             rate: 0,
             last_at: now,
@@ -185,6 +193,7 @@ impl Pacer {
         self.slowdown = base;
         self.relax_hold_until = None;
         self.off = off;
+        self.auto = share == GuestShare::Auto;
         if off {
             self.state = State::Idle;
             self.rate = 0;
@@ -290,12 +299,18 @@ impl Pacer {
                 ops: po,
                 lat: pl,
                 waited,
+                ns: pns,
             } => {
                 // The first probe interval is skipped (copies draining).
-                let (po, pl, waited) = if left == PROBE_INTERVALS {
-                    (0, 0, false)
+                let (po, pl, waited, pns) = if left == PROBE_INTERVALS {
+                    (0, 0, false, 0)
                 } else {
-                    (po + ops, pl + lat, waited || starved)
+                    (
+                        po + ops,
+                        pl + lat,
+                        waited || starved,
+                        pns + elapsed.as_nanos() as u64,
+                    )
                 };
                 let recently_paced = self
                     .paced_at
@@ -306,6 +321,7 @@ impl Pacer {
                         ops: po,
                         lat: pl,
                         waited,
+                        ns: pns,
                     }
                 } else if po >= MIN_SAMPLES
                     || (po > 0 && waited && (self.reprobes >= MAX_REPROBES || recently_paced))
@@ -318,12 +334,13 @@ impl Pacer {
                     self.next_probe = now + REPROBE;
                     self.reprobes = 0;
                     self.paced_at = Some(now);
-                    let probed = INTERVAL.as_secs_f64() * f64::from(PROBE_INTERVALS - 1);
-                    let in_flight = pl as f64 / 1e9 / probed;
+                    // Light (see ONE_COPY_WAIT_NS): enough samples, and
+                    // their latencies sum to less than the time they took.
+                    let light = po >= MIN_SAMPLES && pl < pns;
                     State::Pacing {
                         baseline_ns: self.learn_baseline(now, pl as f64 / po as f64),
-                        open_rate: if in_flight < 1.0 {
-                            po as f64 / probed
+                        open_rate: if light {
+                            po as f64 / (pns as f64 / 1e9)
                         } else {
                             0.0
                         },
@@ -366,7 +383,9 @@ impl Pacer {
                 };
                 let current = if self.rate == 0 { UNLIMITED } else { self.rate };
                 let mut limit = baseline_ns * self.slowdown;
-                if open_rate > 0.0
+                if self.auto
+                    && open_rate > 0.0
+                    && lat < elapsed.as_nanos() as u64
                     && ops as f64 / elapsed.as_secs_f64() >= OPEN_LOOP_KEEP * open_rate
                 {
                     limit = limit.max(baseline_ns + ONE_COPY_WAIT_NS);
@@ -428,6 +447,15 @@ impl Pacer {
         v[(n - 1) / 2].min(ns)
     }
 
+    /// The light guest's probe rate (requests/s), if pacing one.
+    #[cfg(test)]
+    fn open_rate(&self) -> Option<f64> {
+        match self.state {
+            State::Pacing { open_rate, .. } => Some(open_rate),
+            _ => None,
+        }
+    }
+
     /// The baseline paced against, if pacing.
     #[cfg(test)]
     fn baseline_ns(&self) -> Option<f64> {
@@ -443,6 +471,7 @@ impl Pacer {
             ops: 0,
             lat: 0,
             waited: false,
+            ns: 0,
         }
     }
 }
@@ -742,14 +771,30 @@ mod tests {
         let r = s.p.rate();
         assert_eq!(s.step(370, 160_000).1, r / 2);
         assert_eq!(s.step(370, 145_000).1, r / 2 + STEP);
+        // Heavier since the probe (2.3 in flight now): the ratio.
+        let r = s.p.rate();
+        assert_eq!(s.step(1200, 190_000).1, r / 2);
         // The same latencies from a saturating guest (13 in flight): halve.
         let mut s = Sim::new();
         pace(&mut s, 10_000, 130_000);
+        assert_eq!(s.p.open_rate(), Some(0.0));
         assert_eq!(s.step(10_000, 190_000).1, START_RATE / 2);
-        // Exactly one in flight is not light.
+        // Exactly one in flight is not light; just under it is.
         let mut s = Sim::new();
-        pace(&mut s, 1000, 100_000 + 1);
-        assert_eq!(s.step(1000, 160_000).1, START_RATE / 2);
+        pace(&mut s, 1000, 100_000);
+        assert_eq!(s.p.open_rate(), Some(0.0));
+        let mut s = Sim::new();
+        pace(&mut s, 1000, 99_999);
+        assert_eq!(s.p.open_rate(), Some(10_000.0));
+        // A light guest with a large baseline: 1.15x is the larger room.
+        let mut s = Sim::new();
+        pace(&mut s, 40, 1_000_000);
+        assert_eq!(s.step(40, 1_100_000).1, START_RATE + STEP);
+        // A share the user set is the ratio alone, light guest or not.
+        let mut s = Sim::new();
+        s.p.set_share(GuestShare::Percent(100));
+        pace(&mut s, 400, 130_000);
+        assert_eq!(s.step(400, 131_000).1, START_RATE / 2);
     }
 
     #[test]
