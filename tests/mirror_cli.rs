@@ -80,6 +80,17 @@ fn read_until(
     }
 }
 
+/// `ringmirror mirror --json ARGS`, Ctrl-C once a line satisfies `at`:
+/// the lines from then to the `end` event, and how it exited.
+fn interrupted(args: &[&str], at: impl Fn(&Value) -> bool, end: &str) -> (Vec<Value>, Output) {
+    let (child, mut out) = spawn_json(args);
+    read_until(&mut out, at);
+    interrupt(&child);
+    let rest = read_until(&mut out, |v| v["event"] == end);
+    drop(out);
+    (rest, wait(child))
+}
+
 fn interrupt(child: &Child) {
     let ok = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -161,12 +172,11 @@ fn ctrl_c_in_ready_stops_with_a_consistent_copy() {
     let d = ScratchDir::new("mcli-ready");
     let (src, dst) = (d.join("src.img"), d.join("dst.img"));
     source(&src, 8, 3);
-    let (child, mut out) = spawn_json(&["--source", s(&src), "--target", s(&dst)]);
-    read_until(&mut out, |v| v["event"] == "BLOCK_JOB_READY");
-    interrupt(&child);
-    let rest = read_until(&mut out, |v| v["event"] == "BLOCK_JOB_COMPLETED");
-    drop(out);
-    let o = wait(child);
+    let (rest, o) = interrupted(
+        &["--source", s(&src), "--target", s(&dst)],
+        |v| v["event"] == "BLOCK_JOB_READY",
+        "BLOCK_JOB_COMPLETED",
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         o.status.success(),
@@ -186,14 +196,11 @@ fn ctrl_c_before_ready_cancels() {
     let (src, dst) = (d.join("src.img"), d.join("dst.img"));
     source(&src, 32, 4);
     // 1 MiB/s: READY is 30 s away when the interrupt comes.
-    let (child, mut out) = spawn_json(&["--speed", "1M", "--source", s(&src), "--target", s(&dst)]);
-    read_until(&mut out, |v| {
-        v["event"] == "progress" && v["phase"] == "running" && v["done"].as_u64() > Some(0)
-    });
-    interrupt(&child);
-    let rest = read_until(&mut out, |v| v["event"] == "BLOCK_JOB_CANCELLED");
-    drop(out);
-    let o = wait(child);
+    let (rest, o) = interrupted(
+        &["--speed", "1M", "--source", s(&src), "--target", s(&dst)],
+        |v| v["event"] == "progress" && v["phase"] == "running" && v["done"].as_u64() > Some(0),
+        "BLOCK_JOB_CANCELLED",
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "a cancelled mirror fails: {err}");
     assert!(

@@ -172,7 +172,6 @@ pub(crate) struct Coordinator {
     chunk_clusters: u64,
     last_rate: (Instant, u64, u64),
     pacer: Pacer,
-    guest_share: GuestShare,
     /// The target read as zeroes at start (`target-is-zero`, or it was one
     /// big hole): zero ranges need not be written where the job never wrote.
     target_zero: bool,
@@ -250,8 +249,7 @@ impl Coordinator {
         if speed > 0 {
             chunk = chunk.min((speed / 10).max(g));
         }
-        let guest_share = sh.opts.guest_share;
-        let pacer = Pacer::new(disk.guest_io_totals(), guest_share);
+        let pacer = Pacer::new(disk.guest_io_totals(), sh.opts.guest_share);
         let bits = pacer.allowed().map_or(0, f64::to_bits);
         sh.allowance_bits.store(bits, Ordering::Relaxed);
         let target_zero = sh.opts.target_is_zero || is_all_hole(&*target);
@@ -283,7 +281,6 @@ impl Coordinator {
             retry_after: None,
             last_rate: (Instant::now(), 0, 0),
             pacer,
-            guest_share,
             target_zero,
             convergence: (Instant::now(), u64::MAX),
             hold_since: Instant::now(),
@@ -329,7 +326,7 @@ impl Coordinator {
         s.io_status = self.io_status;
         s.error = self.error.clone();
         s.speed = self.limiter.rate();
-        s.guest_share = self.guest_share;
+        s.guest_share = self.pacer.share();
         s.copy_mode = if self.link.is_write_blocking() {
             CopyMode::WriteBlocking
         } else {
@@ -1128,7 +1125,6 @@ impl Coordinator {
                 if let Some(e) = share.invalid() {
                     return Err(JobError::Refused(e));
                 }
-                self.guest_share = share;
                 self.pacer.set_share(share);
                 self.pace.set_rate(self.pacer.rate());
                 self.publish_pacing();

@@ -113,14 +113,10 @@ enum State {
 pub(crate) struct Pacer {
     state: State,
     slowdown: f64,
-    /// The allowance to start from and to return to, and the most relaxing
-    /// may reach (from the job's [`GuestShare`]).
-    base_slowdown: f64,
-    max_slowdown: f64,
-    /// `GuestShare::Unpaced`: never probe, never limit.
-    off: bool,
-    /// `GuestShare::Auto`: a light guest may wait for one copy request.
-    auto: bool,
+    /// The job's share: Auto relaxes and lets a light guest wait for one
+    /// copy request, a percentage is a fixed allowance, Unpaced never
+    /// probes or limits.
+    share: GuestShare,
     /// After a relaxation that did not help: no new one before this.
     relax_hold_until: Option<Instant>,
     rate: u64,
@@ -154,10 +150,7 @@ impl Pacer {
         let mut p = Pacer {
             state: State::Idle,
             slowdown: SLOWDOWN,
-            base_slowdown: SLOWDOWN,
-            max_slowdown: MAX_SLOWDOWN,
-            off: false,
-            auto: true,
+            share: GuestShare::Auto,
             relax_hold_until: None,
             rate: 0,
             last_at: now,
@@ -180,21 +173,10 @@ impl Pacer {
     /// go at once, turning it on starts from idle (a probe follows at the
     /// next busy interval).
     pub(crate) fn set_share(&mut self, share: GuestShare) {
-        let (base, max, off) = match share {
-            GuestShare::Auto => (SLOWDOWN, MAX_SLOWDOWN, false),
-            GuestShare::Percent(p) => {
-                let s = 100.0 / f64::from(p.clamp(1, 100));
-                (s, s, false)
-            }
-            GuestShare::Unpaced => (SLOWDOWN, SLOWDOWN, true),
-        };
-        self.base_slowdown = base;
-        self.max_slowdown = max;
-        self.slowdown = base;
+        self.share = share;
+        self.slowdown = self.base_slowdown();
         self.relax_hold_until = None;
-        self.off = off;
-        self.auto = share == GuestShare::Auto;
-        if off {
+        if self.off() {
             self.state = State::Idle;
             self.rate = 0;
         }
@@ -215,7 +197,7 @@ impl Pacer {
     /// left did not shrink at all (`stalled`), give the guest its allowance
     /// back for RELAX_HOLD (see MAX_SLOWDOWN).
     pub(crate) fn relax(&mut self, now: Instant, stalled: bool) {
-        if self.max_slowdown <= self.base_slowdown {
+        if self.share != GuestShare::Auto {
             // A share the user set: never less for the sake of convergence.
             return;
         }
@@ -225,19 +207,36 @@ impl Pacer {
             }
             self.relax_hold_until = None;
         }
-        if self.slowdown >= self.max_slowdown {
+        if self.slowdown >= MAX_SLOWDOWN {
             if stalled {
-                self.slowdown = self.base_slowdown;
+                self.slowdown = SLOWDOWN;
                 self.relax_hold_until = Some(now + RELAX_HOLD);
             }
         } else {
-            self.slowdown = (self.slowdown + 0.25).min(self.max_slowdown);
+            self.slowdown = (self.slowdown + 0.25).min(MAX_SLOWDOWN);
         }
+    }
+
+    /// The allowance a share starts from and returns to.
+    fn base_slowdown(&self) -> f64 {
+        match self.share {
+            GuestShare::Percent(p) => 100.0 / f64::from(p.clamp(1, 100)),
+            GuestShare::Auto | GuestShare::Unpaced => SLOWDOWN,
+        }
+    }
+
+    fn off(&self) -> bool {
+        self.share == GuestShare::Unpaced
+    }
+
+    /// The share in force.
+    pub(crate) fn share(&self) -> GuestShare {
+        self.share
     }
 
     /// Back to the gentlest allowance (once in sync).
     pub(crate) fn reset_allowance(&mut self) {
-        self.slowdown = self.base_slowdown;
+        self.slowdown = self.base_slowdown();
         self.relax_hold_until = None;
     }
 
@@ -249,7 +248,7 @@ impl Pacer {
 
     /// The guest slowdown allowed now; `None` with pacing off.
     pub(crate) fn allowed(&self) -> Option<f64> {
-        (!self.off).then_some(self.slowdown)
+        (!self.off()).then_some(self.slowdown)
     }
 
     /// When the next interval ends.
@@ -272,7 +271,7 @@ impl Pacer {
         self.last = totals;
         self.last_at = now;
         self.last_in_flight = in_flight;
-        if self.off {
+        if self.off() {
             return;
         }
         if elapsed > STALE {
@@ -383,7 +382,7 @@ impl Pacer {
                 };
                 let current = if self.rate == 0 { UNLIMITED } else { self.rate };
                 let mut limit = baseline_ns * self.slowdown;
-                if self.auto
+                if self.share == GuestShare::Auto
                     && open_rate > 0.0
                     && lat < elapsed.as_nanos() as u64
                     && ops as f64 / elapsed.as_secs_f64() >= OPEN_LOOP_KEEP * open_rate
