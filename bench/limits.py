@@ -124,7 +124,7 @@ def embedded(bench, d, src, size, secs, writer=None):
             raise SystemExit(f"limits: mirror_bench failed: {p.stderr.strip()[-300:]}")
         w = json.loads(p.stdout.strip().splitlines()[-1])["to_ready"]
         return {"iops": w["iops"], "p99_ms": w["p99_us"] / 1e3, "stall_ms": None}
-    return beside_writer(d, size, secs + 6, writer, run)
+    return beside_writer(d, size, secs + 12, writer, run)
 
 
 def direct(d, src, secs):
