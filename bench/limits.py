@@ -32,7 +32,7 @@ it stands on, measured in one run with fio and the plain export (no job):
    `stalls`), beside the guest's through the export with no job.
 
 Prints a line per measurement and medians; `--out F` keeps the runs as JSON
-(after each rep). Uses the benchmark's dense image (bench/mirror.sh makes it)
+(after each rep). Uses the benchmark's dense image (made if missing)
 and writes a 4 GiB target beside it (removed at the end).
 """
 
@@ -51,9 +51,22 @@ import mirror_vs_qsd as m  # noqa: E402
 from lib.common import (drop_caches, lock_scratch, make_sparse, median, rm_f,  # noqa: E402
                         save_json, scratch_dir)
 from lib.fio import load_latlog, max_stall  # noqa: E402
+from lib.images import ensure_dense  # noqa: E402
 
 WORKLOAD = "randwrite-4k-qd16"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup():
+    """The locked scratch dir, the dense source (made if missing), its size,
+    and a release build of `mirror_bench` (the embedded guest)."""
+    d = scratch_dir()
+    lock_scratch(d)
+    (d / "run").mkdir(exist_ok=True)
+    src = ensure_dense(d / "dense.img")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringmirror-mirror", "--example",
+                    "mirror_bench"], cwd=ROOT, check=True)
+    return d, src, src.stat().st_size, ROOT / "target/release/examples/mirror_bench"
 
 
 def read_floor_cmd(src, size):
@@ -113,11 +126,11 @@ class TargetWriter:
         if self.sparse:
             rm_f(self.tgt)
         # each row: the end of a 1 s interval (ms) and the IOPS in it
-        m = (rows[:, 0] / 1e3 > t0 + 1) & (rows[:, 0] / 1e3 <= t1) if len(rows) else []
-        if not len(rows) or not np.any(m):
+        inside = (rows[:, 0] / 1e3 > t0 + 1) & (rows[:, 0] / 1e3 <= t1)
+        if not inside.any():
             raise SystemExit(f"limits: no target-writer samples in the guest's window "
                              f"({err.decode()[-300:]})")
-        return float(rows[m, 1].mean())
+        return float(rows[inside, 1].mean())
 
 
 def guest(d, src, size, secs, rate=None, written=None):
@@ -198,16 +211,7 @@ def main():
     ap.add_argument("--secs", type=float, default=20, help="each guest load (default 20 s)")
     ap.add_argument("--out", help="write the runs here as JSON (after every rep)")
     a = ap.parse_args()
-    d = scratch_dir()
-    src = d / "dense.img"
-    if not src.exists():
-        sys.exit(f"limits: {src} missing; bench/mirror.sh makes it")
-    size = src.stat().st_size
-    lock_scratch(d)
-    (d / "run").mkdir(exist_ok=True)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringmirror-mirror", "--example",
-                    "mirror_bench"], cwd=ROOT, check=True)
-    bench = ROOT / "target/release/examples/mirror_bench"
+    d, src, size, bench = setup()
     written = d / "limits-written.img"
     make_written(written, size)
     runs = []

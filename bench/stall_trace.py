@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lib.common import lock_scratch, rm_f, scratch_dir  # noqa: E402
 from lib.daemons import Daemon  # noqa: E402
 from lib.fio import FioRun, stalls  # noqa: E402
+from lib.images import ensure_dense  # noqa: E402
 
 TIME = re.compile(r"\s(\d+\.\d{6,}):")
 PERF_DIR = Path("/dev/shm")  # not the traced disk: perf's own writes would join the stalls
@@ -50,9 +51,8 @@ PERF_DIR = Path("/dev/shm")  # not the traced disk: perf's own writes would join
 
 def intervals(pairs):
     """[(start, end)] -> (sorted starts, sorted ends) for counting what is open at t."""
-    st = np.sort(np.array([x for x, _ in pairs] or [0.0]))
-    en = np.sort(np.array([y for _, y in pairs] or [0.0]))
-    return st, en
+    return (np.sort(np.array([x for x, _ in pairs], dtype=float)),
+            np.sort(np.array([y for _, y in pairs], dtype=float)))
 
 
 def open_at(iv, t):
@@ -71,12 +71,10 @@ def main():
     ap.add_argument("--top", type=int, default=5, help="stalls to show (default 5)")
     a = ap.parse_args()
     d = scratch_dir()
-    src = d / "dense.img"
-    if not src.exists():
-        sys.exit(f"stall_trace: {src} missing; bench/mirror.sh makes it")
+    lock_scratch(d)
+    src = ensure_dense(d / "dense.img")
     dev = os.stat(src).st_dev
     devname = f"{os.major(dev)},{os.minor(dev)}"
-    lock_scratch(d)
     ev_data, d_data = PERF_DIR / "stall-trace-events.data", PERF_DIR / "stall-trace-dstate.data"
     dm = Daemon(a.kind, d / "run", "trace")
     fio = pd = None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import limits as lim  # noqa: E402
-from lib.common import lock_scratch, make_sparse, rm_f, scratch_dir  # noqa: E402
+from lib.common import make_sparse, rm_f  # noqa: E402
 
 
 def copy_stream(src, dst, size, mb, out):
@@ -47,16 +47,7 @@ def main():
     ap.add_argument("--copy-mb", default="50,100", help="bulk copy rates to try, MB/s each side")
     a = ap.parse_args()
     rates = [int(x) for x in a.copy_mb.split(",")]
-    d = scratch_dir()
-    src = d / "dense.img"
-    if not src.exists():
-        sys.exit(f"writebehind_floor: {src} missing; bench/mirror.sh makes it")
-    size = src.stat().st_size
-    lock_scratch(d)
-    (d / "run").mkdir(exist_ok=True)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ringmirror-mirror", "--example",
-                    "mirror_bench"], cwd=lim.ROOT, check=True)
-    bench = lim.ROOT / "target/release/examples/mirror_bench"
+    d, src, size, bench = lim.setup()
     written, dst, out = d / "limits-written.img", d / "wbfloor-copy.img", d / "run" / "wbfloor-copy.json"
     lim.make_written(written, size)
     try:
